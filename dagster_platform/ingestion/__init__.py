@@ -1,0 +1,1 @@
+"""File ingestion: declared sources, strict readers, and data-quality suites run with GX."""

@@ -1,0 +1,1 @@
+"""Kafka: the embedded development broker, topic layout and client helpers."""

@@ -1,0 +1,172 @@
+"""Structured, masked logging.
+
+Every log line is one JSON object carrying the Dagster run id (and step, when there is one),
+and secrets or personal data never reach a handler: keys that name them are replaced, and
+values that look like e-mail addresses, bearer tokens, JWTs, phone or resident-registration
+numbers are masked wherever they appear in a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+MASK = "***MASKED***"
+
+SENSITIVE_KEY_PARTS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "api_key",
+    "apikey",
+    "authorization",
+    "credential",
+    "private_key",
+    "email",
+    "e_mail",
+    "phone",
+    "mobile",
+    "ssn",
+    "credit_card",
+)
+
+_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), rf"\1 {MASK}"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),
+    (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), MASK),
+    (re.compile(r"(?<![\w-])(?:\+82[-\s]?|0)1[016789][-\s]?\d{3,4}[-\s]?\d{4}(?![\w-])"), MASK),
+    (re.compile(r"(?<![\w-])\d{6}-[1-4]\d{6}(?![\w-])"), MASK),
+    (re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"), MASK),
+    (
+        re.compile(r"(?i)\b(password|passwd|pwd|token|secret|api[_-]?key)(\s*[=:]\s*)[^\s,;&]+"),
+        rf"\1\2{MASK}",
+    ),
+)
+
+# Attributes every LogRecord has; anything else on a record came in through `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def is_sensitive_key(key: str) -> bool:
+    normalised = re.sub(r"[^a-z0-9]+", "_", key.lower())
+    return any(part in normalised for part in SENSITIVE_KEY_PARTS)
+
+
+def mask_text(text: str) -> str:
+    """Mask values that look like secrets or personal data inside free text."""
+    for pattern, replacement in _VALUE_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def mask(value: Any, key: str | None = None) -> Any:
+    """Return `value` with sensitive keys and sensitive-looking strings masked, recursively."""
+    if key is not None and is_sensitive_key(key):
+        return MASK
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, Mapping):
+        return {k: mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [mask(v) for v in value]
+    return value
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a caller attached to a record with `extra=`."""
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+
+
+class MaskingFilter(logging.Filter):
+    """Masks the message and every `extra` field of a record in place; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_text(record.getMessage())
+        record.args = None
+        for key, value in record_fields(record).items():
+            if key != "dagster_meta":
+                setattr(record, key, mask(value, key))
+        return True
+
+
+def _dagster_context(record: logging.LogRecord) -> dict[str, Any]:
+    meta = getattr(record, "dagster_meta", None)
+    if not isinstance(meta, Mapping):
+        return {}
+    context = {
+        "run_id": meta.get("run_id"),
+        "job": meta.get("job_name"),
+        "step": meta.get("step_key"),
+    }
+    return {k: v for k, v in context.items() if v}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, run id, then `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": mask_text(record.getMessage()),
+        }
+        payload.update(_dagster_context(record))
+        for key, value in record_fields(record).items():
+            if key != "dagster_meta":
+                payload.setdefault(key, mask(value, key))
+        if record.exc_info:
+            payload["exception"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(payload, ensure_ascii=False, default=str)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A module logger that masks at the source, before any handler (Dagster's included) sees it."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, MaskingFilter) for f in logger.filters):
+        logger.addFilter(MaskingFilter())
+    return logger
+
+
+def configure_cli_logging(level: str = "INFO") -> None:
+    """JSON logs on stderr for the console command; idempotent."""
+    root = logging.getLogger("dagster_platform")
+    root.setLevel(level)
+    if not any(getattr(h, "_dagster_platform", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(MaskingFilter())
+        handler._dagster_platform = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def dagster_python_logs_config(log_file: str, level: str = "INFO") -> dict[str, Any]:
+    """The `python_logs` section of dagster.yaml: our loggers join the run's event log, and
+    every run's records are also written, masked, as JSON lines carrying the run id."""
+    return {
+        "managed_python_loggers": ["dagster_platform"],
+        "python_log_level": level,
+        "dagster_handler_config": {
+            "handlers": {
+                "json_file": {
+                    "class": "logging.FileHandler",
+                    "level": level,
+                    "filename": log_file,
+                    "formatter": "json",
+                    "filters": ["masking"],
+                }
+            },
+            "formatters": {"json": {"()": "dagster_platform.logs.JsonFormatter"}},
+            "filters": {"masking": {"()": "dagster_platform.logs.MaskingFilter"}},
+        },
+    }

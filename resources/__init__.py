@@ -1,0 +1,15 @@
+"""One ConfigurableResource per external system, all connecting late."""
+
+import dagster as dg
+
+from resources.data_folder import DataFolderResource
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
+
+__all__ = ["WAREHOUSE_POOL", "DataFolderResource", "WarehouseResource", "defs"]
+
+defs = dg.Definitions(
+    resources={
+        "warehouse": WarehouseResource(),
+        "data_folder": DataFolderResource(),
+    }
+)

@@ -71,9 +71,7 @@ def _ragged_line(text: str) -> str:
     header = next(reader, [])
     for record in reader:
         if record and len(record) != len(header):
-            return (
-                f"line {reader.line_num} has {len(record)} fields, the header has {len(header)}"
-            )
+            return f"line {reader.line_num} has {len(record)} fields, the header has {len(header)}"
     return "malformed CSV"
 
 

@@ -123,8 +123,10 @@ SPARK_JOBS = SourceSpec(
         Column("name"),
         Column("queue"),
         Column("user"),
-        Column("state", allowed=("NEW", "SUBMITTED", "ACCEPTED", "RUNNING", "FINISHED", "FAILED",
-                                 "KILLED")),
+        Column(
+            "state",
+            allowed=("NEW", "SUBMITTED", "ACCEPTED", "RUNNING", "FINISHED", "FAILED", "KILLED"),
+        ),
         Column("start_time", "timestamp"),
         Column("end_time", "timestamp", required=False),
         Column("vcores", "int", min=1),
@@ -205,9 +207,7 @@ GOLDEN_QUESTIONS = SourceSpec(
         Column("source", allowed=("seed-004", "curated")),
     ),
     references=(
-        Reference(
-            "expected_doc_ids", (("runbooks", "runbook_id"), ("incidents", "incident_id"))
-        ),
+        Reference("expected_doc_ids", (("runbooks", "runbook_id"), ("incidents", "incident_id"))),
     ),
 )
 

@@ -244,9 +244,7 @@ def check_values(spec: SourceSpec, typed: pl.DataFrame) -> CheckOutcome:
 
 def check_references(spec: SourceSpec, typed: pl.DataFrame, lookup: KeyLookup) -> CheckOutcome:
     gx = _gx()
-    outcome = CheckOutcome(
-        "references", "Every foreign value exists in the table it refers to."
-    )
+    outcome = CheckOutcome("references", "Every foreign value exists in the table it refers to.")
     for reference in spec.references:
         keys: set[str] = set()
         for table, key in reference.targets:

@@ -147,7 +147,11 @@ class EmbeddedBroker:
         created = ensure_topics(self.bootstrap_servers)
         log.info(
             "broker started",
-            extra={"pid": process.pid, "bootstrap": self.bootstrap_servers, "created": created},
+            extra={
+                "pid": process.pid,
+                "bootstrap": self.bootstrap_servers,
+                "topics_created": created,
+            },
         )
         return process.pid
 

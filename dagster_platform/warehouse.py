@@ -1,0 +1,59 @@
+"""Warehouse operations on a DuckDB connection, kept free of Dagster so they test alone.
+
+A table is replaced in one transaction, so readers see the old rows or the new ones, never a
+half-written table, and a failed load leaves the previous good table in place.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import polars as pl
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quote(identifier: str) -> str:
+    if not _IDENTIFIER.match(identifier):
+        raise ValueError(f"not a plain SQL identifier: {identifier!r}")
+    return f'"{identifier}"'
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_name = ?",
+        [table],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:
+    """Atomically replace `table` with the rows of `frame`; return the row count written."""
+    arrow = frame.to_arrow()
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.register("_incoming", arrow)
+        conn.execute(f"CREATE OR REPLACE TABLE {quote(table)} AS SELECT * FROM _incoming")
+        conn.unregister("_incoming")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return frame.height
+
+
+def key_values(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> set[str] | None:
+    """Distinct non-null values of `table.column` as text; None when the table does not exist."""
+    if not table_exists(conn, table):
+        return None
+    rows = conn.execute(
+        f"SELECT DISTINCT CAST({quote(column)} AS VARCHAR) FROM {quote(table)} "
+        f"WHERE {quote(column)} IS NOT NULL"
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def read_table(conn: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame:
+    return conn.execute(f"SELECT * FROM {quote(table)}").pl()

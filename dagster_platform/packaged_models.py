@@ -137,13 +137,16 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=name,
-        quantization_config=GgufConfig(dequantize=True),  # plain dense weights that serialise
-        dtype=torch.float32,
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=name,
+            quantization_config=GgufConfig(dequantize=True),  # plain dense weights that serialise
+            dtype=torch.float32,
+        )
+    except Exception as exc:  # transformers raises several types for a file it cannot read
+        raise ModelPreparationError(f"{gguf_path} could not be converted: {exc}") from exc
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
 

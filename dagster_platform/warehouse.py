@@ -56,4 +56,4 @@ def key_values(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> set[
 
 
 def read_table(conn: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame:
-    return conn.execute(f"SELECT * FROM {quote(table)}").pl()
+    return conn.sql(f"SELECT * FROM {quote(table)}").pl()

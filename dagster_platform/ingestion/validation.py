@@ -24,10 +24,12 @@ from dagster_platform.ingestion.sources import SourceSpec
 
 TYPE_PATTERNS: dict[str, str] = {
     "int": r"^\s*[-+]?\d+\s*$",
-    "float": r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$",
-    "timestamp": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+    "float": r"^\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$",
+    "timestamp": (
+        r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
+    ),
     "date": r"^\d{4}-\d{2}-\d{2}$",
-    "string_list": r'^\[("([^"\\]|\\.)*"(, )?)*\]$',
+    "string_list": r'^\[(?:"(?:[^"\\]|\\.)*"(?:, )?)*\]$',
 }
 
 POLARS_TYPES: dict[str, pl.DataType] = {

@@ -71,32 +71,46 @@ def mask_text(text: str) -> str:
 
 
 def mask(value: Any, key: str | None = None) -> Any:
-    """Return `value` with sensitive keys and sensitive-looking strings masked, recursively."""
+    """Return `value` with sensitive keys and sensitive-looking strings masked, recursively.
+
+    Only plain data (text, mappings, lists, plain tuples and sets) is rewritten; any other
+    object, a named tuple included, is returned as it is.
+    """
     if key is not None and is_sensitive_key(key):
         return MASK
     if isinstance(value, str):
         return mask_text(value)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {k: mask(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
+    if isinstance(value, list) or (type(value) in (tuple, set, frozenset)):
         return [mask(v) for v in value]
     return value
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The structured fields a caller attached to a record with `extra=`."""
-    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+    """The structured fields a caller attached with `extra=` (Dagster's own are left out)."""
+    return {
+        k: v
+        for k, v in vars(record).items()
+        if k not in _RECORD_ATTRIBUTES and not k.startswith("dagster")
+    }
 
 
 class MaskingFilter(logging.Filter):
-    """Masks the message and every `extra` field of a record in place; never drops a record."""
+    """Masks the message and every `extra` field of a record in place.
+
+    It never drops a record and never raises: a logging filter that fails would fail the
+    code that logged.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_text(record.getMessage())
-        record.args = None
-        for key, value in record_fields(record).items():
-            if key != "dagster_meta":
+        try:
+            record.msg = mask_text(record.getMessage())
+            record.args = None
+            for key, value in record_fields(record).items():
                 setattr(record, key, mask(value, key))
+        except Exception:
+            record.msg, record.args = MASK, None
         return True
 
 
@@ -104,10 +118,12 @@ def _dagster_context(record: logging.LogRecord) -> dict[str, Any]:
     meta = getattr(record, "dagster_meta", None)
     if not isinstance(meta, Mapping):
         return {}
+    event = getattr(record, "dagster_event", None)
     context = {
         "run_id": meta.get("run_id"),
         "job": meta.get("job_name"),
         "step": meta.get("step_key"),
+        "event": getattr(event, "event_type_value", None),
     }
     return {k: v for k, v in context.items() if v}
 
@@ -127,8 +143,7 @@ class JsonFormatter(logging.Formatter):
         }
         payload.update(_dagster_context(record))
         for key, value in record_fields(record).items():
-            if key != "dagster_meta":
-                payload.setdefault(key, mask(value, key))
+            payload.setdefault(key, mask(value, key))
         if record.exc_info:
             payload["exception"] = mask_text(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False, default=str)

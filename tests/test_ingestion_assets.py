@@ -229,3 +229,32 @@ def test_unreadable_files_fail_with_a_clear_error_and_keep_the_good_table(
     downstream = {s.name for s in SOURCES if target in s.upstream_tables}
     assert not ({target} | downstream) & materialized(result)
     assert table_snapshot(warehouse_copy, target) == before
+
+
+def test_dagster_cli_materializes_from_the_code_location(
+    state_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a user runs: `dagster asset materialize` against the code location."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("DAGSTER_PLATFORM_DATA", str(data_dir))
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "dagster_platform.definitions",
+            "--select",
+            "clusters,hosts",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert table_snapshot(state_dir / "warehouse.duckdb", "clusters")
+    assert len(table_snapshot(state_dir / "warehouse.duckdb", "hosts")) == 40

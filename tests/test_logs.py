@@ -137,3 +137,35 @@ def test_run_logs_are_masked_json_with_the_dagster_run_id(tmp_path: Path) -> Non
     assert ours[0]["api_key"] == MASK
     assert ours[0]["host"] == "etl-prod"
     assert "etl@example.com" not in log_file.read_text()
+
+
+def test_dagster_event_records_pass_through_untouched(tmp_path: Path) -> None:
+    """Dagster's own records (events are named tuples) are logged, not rewritten or broken."""
+    log_file = tmp_path / "runs.jsonl"
+
+    @dg.asset
+    def broken() -> None:
+        raise dg.Failure(description="source hosts.csv line 7 is bad; owner ops@example.com")
+
+    with dg.instance_for_test(
+        overrides={"python_logs": dagster_python_logs_config(str(log_file))}
+    ) as instance:
+        result = dg.materialize([broken], instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith("source hosts.csv line 7 is bad")
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    events = {line.get("event") for line in lines}
+    assert {"STEP_FAILURE", "PIPELINE_FAILURE"} <= events
+    assert all(line["run_id"] == result.run_id for line in lines if "run_id" in line)
+    assert "ops@example.com" not in log_file.read_text()
+
+
+def test_a_filter_never_raises() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    record = _record("value %s", (Unprintable(),))
+    assert MaskingFilter().filter(record) is True
+    assert record.getMessage() == MASK

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Annotated, Any
@@ -161,11 +162,38 @@ def dev(
         "-p",
         str(port),
     ]
+    raise typer.Exit(_run_until_stopped(command, env, broker))
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_until_stopped(
+    command: list[str], env: dict[str, str], broker: EmbeddedBroker | None
+) -> int:
+    """Run `dagster dev` in its own process group; on Ctrl-C or SIGTERM ask it to shut down
+    (SIGINT, as Ctrl-C would), kill the group if it does not, then stop the broker."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        # a shell that started us in the background ignores SIGINT; let dagster dev hear it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = subprocess.call(command, env=env, cwd=REPO_ROOT)
+        return process.wait()
     except KeyboardInterrupt:
-        code = 0
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if broker is not None:
             broker.stop()
-    raise typer.Exit(code)

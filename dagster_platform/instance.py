@@ -20,6 +20,12 @@ def instance_config(settings: Settings) -> dict[str, Any]:
             "pools": {"default_limit": 1},
             "runs": {"max_concurrent_runs": 4},
         },
+        # a run whose worker died still holds its pool slots; the daemon frees them
+        "run_monitoring": {
+            "enabled": True,
+            "poll_interval_seconds": 30,
+            "free_slots_after_run_end_seconds": 30,
+        },
         "python_logs": dagster_python_logs_config(str(settings.logs_dir / "runs.jsonl")),
     }
 

@@ -58,5 +58,7 @@ def test_instance_config_limits_every_pool_to_one(state_dir: Path) -> None:
     try:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         assert instance.python_log_level == "INFO"
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 30
     finally:
         instance.dispose()

@@ -14,15 +14,11 @@ import polars as pl
 from dagster_platform.ingestion.readers import SourceError, read_source
 from dagster_platform.ingestion.report import failures_markdown, preview_markdown
 from dagster_platform.ingestion.sources import SOURCES, SourceSpec
-from dagster_platform.ingestion.validation import CHECK_NAMES, CheckOutcome, validate
+from dagster_platform.ingestion.validation import CheckOutcome, check_names, validate
 from resources import WAREHOUSE_POOL, DataFolderResource, WarehouseResource
 
 GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
-
-
-def _check_names(spec: SourceSpec) -> list[str]:
-    return [n for n in CHECK_NAMES if n != "references" or spec.references]
 
 
 def _column_schema(frame: pl.DataFrame) -> dg.TableSchema:
@@ -60,7 +56,7 @@ def build_file_asset(spec: SourceSpec) -> dg.AssetsDefinition:
         deps=spec.upstream_tables,
         pool=WAREHOUSE_POOL,
         check_specs=[
-            dg.AssetCheckSpec(name, asset=spec.name, blocking=True) for name in _check_names(spec)
+            dg.AssetCheckSpec(name, asset=spec.name, blocking=True) for name in check_names(spec)
         ],
     )
     def _asset(

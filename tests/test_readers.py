@@ -90,3 +90,9 @@ def test_markdown_folder_missing_or_empty(tmp_path: Path) -> None:
     (tmp_path / "runbooks").mkdir()
     with pytest.raises(SourceError, match=r"no \.md files"):
         read_source(RUNBOOKS, tmp_path)
+
+
+def test_duplicate_column_names(tmp_path: Path) -> None:
+    _write(tmp_path, "clusters.csv", "cluster_id,name,cluster_id\netl-prod,a,b\n")
+    with pytest.raises(SourceError, match=r"line 1: duplicate column names \['cluster_id'\]"):
+        read_source(CLUSTERS, tmp_path)

@@ -35,11 +35,7 @@ class SourceError(ValueError):
 class RawTable:
     spec: SourceSpec
     path: Path
-    frame: pl.DataFrame  # every declared column present in the file, as strings, + LOCATION
-
-    @property
-    def row_count(self) -> int:
-        return self.frame.height
+    frame: pl.DataFrame  # every column of the file, as strings, + LOCATION
 
 
 def read_source(spec: SourceSpec, data_dir: Path) -> RawTable:
@@ -77,15 +73,16 @@ def _ragged_line(text: str) -> str:
 
 def _read_csv(path: Path) -> pl.DataFrame:
     text = _read_text(path)
+    header = next(csv.reader(io.StringIO(text)), [])
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise SourceError(path, f"line 1: duplicate column names {duplicates}")
     try:
         frame = pl.read_csv(io.StringIO(text), infer_schema=False)
     except pl.exceptions.NoDataError as exc:
         raise SourceError(path, "file has no header row") from exc
     except pl.exceptions.ComputeError as exc:
         raise SourceError(path, f"not valid CSV: {_ragged_line(text)}") from exc
-    duplicates = [c for c in frame.columns if frame.columns.count(c) > 1]
-    if duplicates:
-        raise SourceError(path, f"duplicate column names: {sorted(set(duplicates))}")
     # line numbers: the header is line 1; records with embedded newlines are rare in our files
     return frame.with_columns(
         (pl.lit(f"{path.name} line ") + (pl.int_range(pl.len()) + 2).cast(pl.String)).alias(

@@ -197,3 +197,7 @@ def _run_until_stopped(
         signal.signal(signal.SIGTERM, previous)
         if broker is not None:
             broker.stop()
+
+
+if __name__ == "__main__":
+    app()

@@ -94,3 +94,32 @@ def test_cli_refuses_the_embedded_broker_when_kafka_is_external(
     result = CliRunner().invoke(app, ["broker", "start", "--detach"])
     assert result.exit_code == 1
     assert "KAFKA_BOOTSTRAP_SERVERS is set" in result.output
+
+
+def test_foreground_broker_runs_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    env = {**os.environ, "DAGSTER_PLATFORM_STATE": str(tmp_path)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_platform.cli", "broker", "start", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    broker = EmbeddedBroker(port, tmp_path / "broker")
+    try:
+        deadline = time.monotonic() + 30
+        while not broker.reachable(timeout=0.5):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline
+        assert list_topics(broker.bootstrap_servers)["raw-data-stream"] == 3
+        assert not broker.pid_file.exists()  # a foreground broker is not a managed one
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(20)
+    assert not broker.reachable(timeout=0.5)

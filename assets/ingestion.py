@@ -12,7 +12,11 @@ import dagster as dg
 import polars as pl
 
 from dagster_platform.ingestion.readers import SourceError, read_source
-from dagster_platform.ingestion.report import failures_markdown, preview_markdown
+from dagster_platform.ingestion.report import (
+    failing_records_markdown,
+    failures_markdown,
+    preview_markdown,
+)
 from dagster_platform.ingestion.sources import SOURCES, SourceSpec
 from dagster_platform.ingestion.validation import CheckOutcome, check_names, validate
 from resources import WAREHOUSE_POOL, DataFolderResource, WarehouseResource
@@ -27,14 +31,20 @@ def _column_schema(frame: pl.DataFrame) -> dg.TableSchema:
     )
 
 
-def _check_result(spec: SourceSpec, outcome: CheckOutcome) -> dg.AssetCheckResult:
+def _check_result(
+    spec: SourceSpec, outcome: CheckOutcome, raw: pl.DataFrame
+) -> dg.AssetCheckResult:
     metadata: dict[str, dg.MetadataValue] = {
         "expectations": dg.MetadataValue.int(outcome.evaluated),
         "failing_values": dg.MetadataValue.int(len(outcome.rows)),
     }
     if not outcome.passed:
-        metadata["failing_rows"] = dg.MetadataValue.md(failures_markdown(outcome))
         metadata["summary"] = dg.MetadataValue.text(outcome.summary())
+        metadata["failing_rows"] = dg.MetadataValue.md(failures_markdown(outcome))
+        if outcome.rows:
+            metadata["failing_records"] = dg.MetadataValue.md(
+                failing_records_markdown(raw, outcome)
+            )
     return dg.AssetCheckResult(
         asset_key=spec.name,
         check_name=outcome.name,
@@ -73,7 +83,7 @@ def build_file_asset(spec: SourceSpec) -> dg.AssetsDefinition:
                 allow_retries=False,
             ) from exc
         validation = validate(raw, warehouse.key_values)
-        results = [_check_result(spec, outcome) for outcome in validation.outcomes]
+        results = [_check_result(spec, o, raw.frame) for o in validation.outcomes]
         if validation.typed is None:
             yield from results
             failed = [o.summary() for o in validation.outcomes if not o.passed]

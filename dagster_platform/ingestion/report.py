@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from dagster_platform.ingestion.readers import LOCATION
 from dagster_platform.ingestion.validation import CheckOutcome
 
 FAILING_ROWS_LIMIT = 50
@@ -43,3 +44,12 @@ def failures_markdown(outcome: CheckOutcome, limit: int = FAILING_ROWS_LIMIT) ->
         if len(outcome.rows) > limit:
             lines.append(f"\n… and {len(outcome.rows) - limit} more failing values")
     return "\n".join(lines)
+
+
+def failing_records_markdown(
+    raw: pl.DataFrame, outcome: CheckOutcome, limit: int = FAILING_ROWS_LIMIT
+) -> str:
+    """The whole source records behind the failures, as they were read, up to `limit`."""
+    locations = outcome.failing_locations[:limit]
+    records = raw.filter(pl.col(LOCATION).is_in(locations))
+    return markdown_table(records.select(LOCATION, pl.exclude(LOCATION)), width=40)

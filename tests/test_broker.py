@@ -114,10 +114,15 @@ def test_foreground_broker_runs_until_interrupted(tmp_path: Path) -> None:
     broker = EmbeddedBroker(port, tmp_path / "broker")
     try:
         deadline = time.monotonic() + 30
-        while not broker.reachable(timeout=0.5):
+        topics: dict[str, int] = {}
+        while len(topics) < len(PLATFORM_TOPICS):  # ready, and the topics created
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline
-        assert list_topics(broker.bootstrap_servers)["raw-data-stream"] == 3
+            try:
+                topics = list_topics(broker.bootstrap_servers, timeout=0.5)
+            except KafkaUnavailable:
+                time.sleep(0.1)
+        assert topics["raw-data-stream"] == 3
         assert not broker.pid_file.exists()  # a foreground broker is not a managed one
     finally:
         process.send_signal(signal.SIGINT)

@@ -1,0 +1,131 @@
+"""Warehouse tables for landed events, derived from the event schemas.
+
+Every landed row keeps its Kafka coordinates as the primary key, so landing the same message
+twice inserts nothing; progress per partition lives in `stream_offsets`, next to the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from dagster_platform.kafka.events import EventTable, StreamFamily
+from dagster_platform.warehouse import quote
+
+COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
+DEAD_LETTER_TABLE = "dead_letter_events"
+OFFSETS_TABLE = "stream_offsets"
+
+_SQL_TYPES: dict[type, str] = {
+    msgspec.inspect.StrType: "VARCHAR",
+    msgspec.inspect.FloatType: "DOUBLE",
+    msgspec.inspect.IntType: "BIGINT",
+    msgspec.inspect.BoolType: "BOOLEAN",
+    msgspec.inspect.DateTimeType: "TIMESTAMPTZ",
+    msgspec.inspect.LiteralType: "VARCHAR",
+}
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "DOUBLE": pa.float64(),
+    "BIGINT": pa.int64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _sql_type(info: msgspec.inspect.Type) -> str:
+    if isinstance(info, msgspec.inspect.UnionType):  # `X | None`
+        (info,) = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    return _SQL_TYPES[type(info)]
+
+
+def event_columns(table: EventTable) -> list[tuple[str, str]]:
+    """(column, SQL type) of an event table, in the struct's field order."""
+    info = msgspec.inspect.type_info(table.event_type)
+    return [(field.name, _sql_type(field.type)) for field in info.fields]
+
+
+def event_arrow_schema(table: EventTable) -> pa.Schema:
+    coordinates = [
+        pa.field("kafka_topic", pa.string()),
+        pa.field("kafka_partition", pa.int32()),
+        pa.field("kafka_offset", pa.int64()),
+    ]
+    fields = [pa.field(name, _ARROW_TYPES[sql]) for name, sql in event_columns(table)]
+    return pa.schema([*coordinates, *fields])
+
+
+def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None:
+    for table in family.tables:
+        columns = ", ".join(f"{quote(name)} {sql}" for name, sql in event_columns(table))
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote(table.table)} ("
+            "kafka_topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL, "
+            f"kafka_offset BIGINT NOT NULL, {columns}, "
+            "landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
+            "PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset))"
+        )
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ("
+        "kafka_topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL, "
+        "kafka_offset BIGINT NOT NULL, kafka_key BLOB, kafka_timestamp TIMESTAMPTZ, "
+        "reason VARCHAR NOT NULL, error VARCHAR NOT NULL, size_bytes BIGINT NOT NULL, "
+        "payload BLOB, landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
+        "PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset))"
+    )
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} ("
+        "consumer_group VARCHAR NOT NULL, kafka_topic VARCHAR NOT NULL, "
+        "kafka_partition INTEGER NOT NULL, next_offset BIGINT NOT NULL, "
+        "messages_landed BIGINT NOT NULL DEFAULT 0, messages_dead BIGINT NOT NULL DEFAULT 0, "
+        "updated_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
+        "PRIMARY KEY (consumer_group, kafka_topic, kafka_partition))"
+    )
+
+
+def read_offsets(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> dict[int, int]:
+    """Partition → the next offset to land, as the warehouse recorded it."""
+    rows = conn.execute(
+        f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} "
+        "WHERE consumer_group = ? AND kafka_topic = ?",
+        [family.consumer_group, family.topic],
+    ).fetchall()
+    return {int(partition): int(offset) for partition, offset in rows}
+
+
+def insert_ignoring_duplicates(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> int:
+    """Insert the rows whose coordinates are new; return how many were inserted."""
+    if batch.num_rows == 0:
+        return 0
+    conn.register("_batch", batch)
+    try:
+        columns = ", ".join(quote(name) for name in batch.column_names)
+        (inserted,) = conn.execute(
+            f"INSERT OR IGNORE INTO {quote(table)} ({columns}) SELECT {columns} FROM _batch"
+        ).fetchone()
+    finally:
+        conn.unregister("_batch")
+    return int(inserted)
+
+
+def advance_offsets(
+    conn: duckdb.DuckDBPyConnection,
+    family: StreamFamily,
+    progress: Iterable[tuple[int, int, int, int]],
+) -> None:
+    """Record (partition, next offset, landed, dead) — never moving an offset backwards."""
+    for partition, next_offset, landed, dead in progress:
+        conn.execute(
+            f"INSERT INTO {OFFSETS_TABLE} AS o (consumer_group, kafka_topic, kafka_partition, "
+            "next_offset, messages_landed, messages_dead) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO UPDATE SET next_offset = greatest(o.next_offset, "
+            "excluded.next_offset), messages_landed = o.messages_landed + "
+            "excluded.messages_landed, messages_dead = o.messages_dead + excluded.messages_dead, "
+            "updated_at = now()",
+            [family.consumer_group, family.topic, partition, next_offset, landed, dead],
+        )

@@ -1,7 +1,8 @@
-"""Dagster asset definitions, one module per group."""
+"""Dagster asset definitions, one module per group (ingestion spans files and streams)."""
 
 import dagster as dg
 
 from assets.ingestion import file_assets
+from assets.streaming import dead_letter_events, landing_assets, rollup_assets
 
-defs = dg.Definitions(assets=[*file_assets])
+defs = dg.Definitions(assets=[*file_assets, *landing_assets, dead_letter_events, *rollup_assets])

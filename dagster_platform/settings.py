@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DAGSTER_PLATFORM_BROKER_PORT", "broker_port"),
         description="Port of the embedded broker on 127.0.0.1.",
     )
+    stream_sensor_interval: float = Field(
+        default=5.0,
+        ge=1.0,
+        validation_alias=AliasChoices(
+            "DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "stream_sensor_interval"
+        ),
+        description="Seconds between backlog checks of the stream sensors.",
+    )
     llm_backend: Literal["transformers", "vllm-server", "vllm-engine"] = Field(
         default="transformers",
         validation_alias=AliasChoices("LLM_BACKEND", "llm_backend"),

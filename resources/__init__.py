@@ -3,13 +3,15 @@
 import dagster as dg
 
 from resources.data_folder import DataFolderResource
+from resources.kafka import KafkaResource
 from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
-__all__ = ["WAREHOUSE_POOL", "DataFolderResource", "WarehouseResource", "defs"]
+__all__ = ["WAREHOUSE_POOL", "DataFolderResource", "KafkaResource", "WarehouseResource", "defs"]
 
 defs = dg.Definitions(
     resources={
         "warehouse": WarehouseResource(),
         "data_folder": DataFolderResource(),
+        "kafka": KafkaResource(),
     }
 )

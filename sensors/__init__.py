@@ -3,5 +3,6 @@
 import dagster as dg
 
 from sensors.file_sensors import data_folder_changes
+from sensors.stream_sensors import rollup_automation, stream_sensors
 
-defs = dg.Definitions(sensors=[data_folder_changes])
+defs = dg.Definitions(sensors=[data_folder_changes, *stream_sensors, rollup_automation])

@@ -21,7 +21,7 @@ def test_the_ingestion_group_has_one_guarded_asset_per_source() -> None:
     graph = defs.resolve_asset_graph()
     keys = graph.get_all_asset_keys()
     ingestion = {k.path[-1] for k in keys if graph.get(k).group_name == "ingestion"}
-    assert ingestion == {s.name for s in SOURCES}
+    assert {s.name for s in SOURCES} <= ingestion
     for spec in SOURCES:
         node = graph.get(dg.AssetKey(spec.name))
         assert node.pools == {"warehouse"}
@@ -32,10 +32,38 @@ def test_the_ingestion_group_has_one_guarded_asset_per_source() -> None:
             assert graph.get_check_spec(check).blocking
 
 
+def test_the_streams_land_into_typed_tables_with_rollups_that_follow() -> None:
+    graph = defs.resolve_asset_graph()
+    landed = {"host_metrics", "spark_job_events", "alert_events", "feedback_events"}
+    derived = {
+        "host_utilization_1m",
+        "host_utilization_1h",
+        "cluster_utilization_1m",
+        "cluster_utilization_1h",
+        "spark_job_state",
+        "dead_letter_events",
+    }
+    for name in landed | derived:
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == "ingestion"
+        assert node.pools == {"warehouse"}
+        assert (node.automation_condition is not None) == (name in derived)
+    checks = graph.get_check_keys_for_assets({dg.AssetKey("host_metrics")})
+    assert {c.name for c in checks} == {"nothing_dropped"}
+
+
 def test_resources_and_sensors_are_merged() -> None:
     resolved = defs.get_repository_def()
-    assert {"warehouse", "data_folder"} <= set(resolved.get_top_level_resources())
-    assert resolved.get_sensor_def("data_folder_changes")
+    assert {"warehouse", "data_folder", "kafka"} <= set(resolved.get_top_level_resources())
+    for name in (
+        "data_folder_changes",
+        "raw_events_backlog",
+        "alert_events_backlog",
+        "feedback_events_backlog",
+        "rollup_automation",
+    ):
+        sensor = resolved.get_sensor_def(name)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_importing_the_code_location_touches_nothing(tmp_path: Path) -> None:

@@ -129,3 +129,34 @@ def advance_offsets(
             "updated_at = now()",
             [family.consumer_group, family.topic, partition, next_offset, landed, dead],
         )
+
+
+def unreconciled(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> list[str]:
+    """Partitions where the rows stored (landed + dead-lettered) differ from the messages the
+    offsets table counted as consumed; empty when nothing was dropped or doubled."""
+    stored = " UNION ALL ".join(
+        f"SELECT kafka_partition, kafka_offset FROM {quote(t)} WHERE kafka_topic = $topic"
+        for t in [*(table.table for table in family.tables), DEAD_LETTER_TABLE]
+    )
+    rows = conn.execute(
+        f"WITH stored AS ({stored}), counted AS (SELECT kafka_partition, count(*) AS n, "
+        "count(DISTINCT kafka_offset) AS distinct_n FROM stored GROUP BY 1) "
+        "SELECT o.kafka_partition, o.messages_landed + o.messages_dead, "
+        "coalesce(c.n, 0), coalesce(c.distinct_n, 0) "
+        f"FROM {OFFSETS_TABLE} o LEFT JOIN counted c USING (kafka_partition) "
+        "WHERE o.consumer_group = $group AND o.kafka_topic = $topic ORDER BY 1",
+        {"topic": family.topic, "group": family.consumer_group},
+    ).fetchall()
+    return [
+        f"{family.topic}/{partition}: {consumed} consumed, {stored_n} stored "
+        f"({distinct_n} distinct offsets)"
+        for partition, consumed, stored_n, distinct_n in rows
+        if not consumed == stored_n == distinct_n
+    ]
+
+
+def dead_letter_summary(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]:
+    """(topic, reason, count) over the whole dead-letter table."""
+    return conn.execute(
+        f"SELECT kafka_topic, reason, count(*) FROM {DEAD_LETTER_TABLE} GROUP BY ALL ORDER BY ALL"
+    ).fetchall()

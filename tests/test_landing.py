@@ -272,7 +272,7 @@ def test_killed_after_the_warehouse_commit_before_the_kafka_commit(
     planned = plan_ranges(consumer, family, {}, timeout=10)
     messages, _, _ = consume_ranges(consumer, family, planned, 1000, idle_timeout=10)
     with database() as conn:
-        write_batch(conn, family, messages, Decoder(family).decode(messages))
+        write_batch(conn, family, Decoder(family).decode(messages))
     consumer.close()  # no commit_to_group
     probe = consumer_for(family, kafka_broker.bootstrap_servers)
     before = probe.committed([TopicPartition(family.topic, p) for p in range(3)], timeout=10)

@@ -14,7 +14,7 @@ consumed.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -22,15 +22,18 @@ from typing import Any
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Message as KafkaMessage
 
 from dagster_platform.kafka.events import StreamFamily
 from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
     advance_offsets,
     ensure_tables,
-    event_arrow_schema,
+    insert_events,
     insert_ignoring_duplicates,
     read_offsets,
 )
@@ -46,22 +49,19 @@ FETCH_BATCH = 10_000
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
-@dataclass(frozen=True)
-class Message:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
-
-
 @dataclass
 class DecodedBatch:
-    """Landing rows per table (as Arrow) and the dead letters, for one batch of messages."""
+    """One batch of messages, sorted out: the valid JSON per landing table (validated, typed by
+    DuckDB on insert), the dead letters, and how far each partition got."""
 
-    tables: dict[str, pa.Table]
+    payloads: dict[str, pa.Table]  # table → kafka_partition, kafka_offset, payload
     dead_letters: pa.Table
     reasons: Counter[str]
+    next_offsets: dict[int, int]
+
+    @property
+    def consumed(self) -> int:
+        return sum(t.num_rows for t in self.payloads.values()) + self.dead_letters.num_rows
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,10 @@ def _classify(error: msgspec.MsgspecError) -> str:
 
 
 class Decoder:
-    """Decodes and validates the messages of one topic family in one pass."""
+    """Validates the messages of one topic family, one msgspec pass per message.
+
+    Valid payloads are kept as JSON text and typed in bulk by DuckDB on insert; building
+    Python objects per event would cost more than consuming them."""
 
     def __init__(self, family: StreamFamily, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         self.family = family
@@ -148,49 +151,70 @@ class Decoder:
         for event_type in family.event_types[1:]:
             union = union | event_type  # type: ignore[assignment]
         self._decoder = msgspec.json.Decoder(union)
-        self._table_of = {t.event_type: t for t in family.tables}
-        self._schemas = {t.table: event_arrow_schema(t) for t in family.tables}
+        self._table_of = {t.event_type: t.table for t in family.tables}
 
-    def decode(self, messages: list[Message]) -> DecodedBatch:
-        rows: dict[str, list[tuple]] = defaultdict(list)
+    def decode(self, records: list[KafkaMessage]) -> DecodedBatch:
+        valid: dict[str, tuple[list[int], list[int], list[bytes]]] = {
+            table: ([], [], []) for table in self._table_of.values()
+        }
         dead: list[tuple] = []
         reasons: Counter[str] = Counter()
-        topic = self.family.topic
-        astuple = msgspec.structs.astuple
-        for message in messages:
-            value = message.value
+        next_offsets: dict[int, int] = {}
+        decode, table_of, limit = self._decoder.decode, self._table_of, self.max_message_bytes
+        for record in records:
+            value, partition, offset = record.value(), record.partition(), record.offset()
+            next_offsets[partition] = offset + 1
             size = len(value) if value else 0
             if not value:
                 reason, error = "empty", "message has no value"
-            elif size > self.max_message_bytes:
-                reason = "oversized"
-                error = f"{size} bytes exceeds the limit of {self.max_message_bytes}"
+            elif size > limit:
+                reason, error = "oversized", f"{size} bytes exceeds the limit of {limit}"
             else:
                 try:
-                    event = self._decoder.decode(value)
+                    event = decode(value)
                 except msgspec.MsgspecError as exc:
                     reason, error = _classify(exc), str(exc)
                 else:
-                    table = self._table_of[type(event)].table
-                    rows[table].append((topic, message.partition, message.offset, *astuple(event)))
+                    partitions, offsets, values = valid[table_of[type(event)]]
+                    partitions.append(partition)
+                    offsets.append(offset)
+                    values.append(value)
                     continue
             reasons[reason] += 1
+            timestamp_type, timestamp = record.timestamp()
             dead.append(
-                (topic, message.partition, message.offset, message.key, message.timestamp_ms,
-                 reason, error, size, value)
+                (self.family.topic, partition, offset, record.key(),
+                 timestamp if timestamp_type else None, reason, error, size, value)
             )  # fmt: skip
-        tables = {
-            name: _rows_to_arrow(rows.get(name, []), schema)
-            for name, schema in self._schemas.items()
-        }
-        return DecodedBatch(tables, _rows_to_arrow(dead, DEAD_LETTER_SCHEMA), reasons)
+        payloads = {table: _payload_table(*columns) for table, columns in valid.items()}
+        return DecodedBatch(payloads, _dead_letter_table(dead), reasons, next_offsets)
 
 
-def _rows_to_arrow(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+def _payload_table(partitions: list[int], offsets: list[int], values: list[bytes]) -> pa.Table:
+    """Arrow columns built from whole buffers: one `pa.array` of many bytes objects is slow."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    ends = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ends[1:])
+    payload = pa.LargeStringArray.from_buffers(
+        len(values), pa.py_buffer(ends), pa.py_buffer(b"".join(values))
+    )
     return pa.table(
-        [pa.array(column, type=f.type) for column, f in zip(columns, schema, strict=True)],
-        schema=schema,
+        {
+            "kafka_partition": pa.array(partitions, pa.int32()),
+            "kafka_offset": pa.array(offsets, pa.int64()),
+            "payload": payload,
+        }
+    )
+
+
+def _dead_letter_table(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in DEAD_LETTER_SCHEMA]
+    return pa.table(
+        [
+            pa.array(column, type=f.type)
+            for column, f in zip(columns, DEAD_LETTER_SCHEMA, strict=True)
+        ],
+        schema=DEAD_LETTER_SCHEMA,
     )
 
 
@@ -242,73 +266,61 @@ def consume_ranges(
     ranges: list[PartitionRange],
     max_messages: int,
     idle_timeout: float,
-) -> tuple[list[Message], dict[int, int], str | None]:
+) -> tuple[list[KafkaMessage], dict[int, int], str | None]:
     """Consume every partition from its first offset to the end of its log, at most
-    `max_messages` in all. Returns the messages, the high watermark each partition reported
+    `max_messages` in all. Returns the records, the high watermark each partition reported
     when its end was reached, and why it stopped early, if it did.
 
     The end is found by fetching (partition EOF), not from ListOffsets: the embedded Tansu
     broker answers ListOffsets with the base offset of the last record batch, which can lie
     below the true end."""
     consumer.assign([TopicPartition(family.topic, r.partition, r.first) for r in ranges])
-    messages: list[Message] = []
+    records: list[KafkaMessage] = []
     ends: dict[int, int] = {}
     last_progress = time.monotonic()
-    while len(ends) < len(ranges) and len(messages) < max_messages:
-        batch = consumer.consume(min(FETCH_BATCH, max_messages - len(messages)), timeout=0.5)
+    while len(ends) < len(ranges) and len(records) < max_messages:
+        batch = consumer.consume(min(FETCH_BATCH, max_messages - len(records)), timeout=0.5)
         if not batch:
             if time.monotonic() - last_progress > idle_timeout:
-                return messages, ends, f"no answer for {idle_timeout:.0f}s (broker unreachable?)"
+                return records, ends, f"no answer for {idle_timeout:.0f}s (broker unreachable?)"
             continue
         last_progress = time.monotonic()
         for record in batch:
             error = record.error()
             if error is None:
-                timestamp_type, timestamp = record.timestamp()
-                messages.append(
-                    Message(record.partition(), record.offset(), record.key(), record.value(),
-                            timestamp if timestamp_type else None)
-                )  # fmt: skip
+                records.append(record)
             elif error.code() == KafkaError._PARTITION_EOF:
                 ends[record.partition()] = record.offset()
             elif error.fatal() or not error.retriable():
-                return messages, ends, f"consumer error: {error.str()}"
-    return messages, ends, None
+                return records, ends, f"consumer error: {error.str()}"
+    return records, ends, None
 
 
 # --- writing --------------------------------------------------------------------------------
 
 
 def write_batch(
-    conn: duckdb.DuckDBPyConnection,
-    family: StreamFamily,
-    messages: list[Message],
-    decoded: DecodedBatch,
+    conn: duckdb.DuckDBPyConnection, family: StreamFamily, decoded: DecodedBatch
 ) -> tuple[dict[str, int], int]:
     """One transaction: rows, dead letters and offsets. Returns (inserted per table, dead)."""
-    next_offsets: dict[int, int] = {}
-    for message in messages:
-        next_offsets[message.partition] = max(
-            next_offsets.get(message.partition, 0), message.offset + 1
-        )
+    tables = {t.table: t for t in family.tables}
     conn.execute("BEGIN TRANSACTION")
     try:
         landed = {
-            name: insert_ignoring_duplicates(conn, name, batch)
-            for name, batch in decoded.tables.items()
+            name: insert_events(conn, tables[name], family.topic, batch)
+            for name, batch in decoded.payloads.items()
         }
         dead = insert_ignoring_duplicates(conn, DEAD_LETTER_TABLE, decoded.dead_letters)
-        per_partition_landed = Counter[int]()
-        per_partition_dead = Counter[int]()
-        for batch in decoded.tables.values():
-            per_partition_landed.update(batch.column("kafka_partition").to_pylist())
-        per_partition_dead.update(decoded.dead_letters.column("kafka_partition").to_pylist())
+        landed_per_partition = Counter[int]()
+        for batch in decoded.payloads.values():
+            landed_per_partition.update(_partition_counts(batch))
+        dead_per_partition = _partition_counts(decoded.dead_letters)
         advance_offsets(
             conn,
             family,
             [
-                (p, n, per_partition_landed[p], per_partition_dead[p])
-                for p, n in sorted(next_offsets.items())
+                (p, n, landed_per_partition[p], dead_per_partition.get(p, 0))
+                for p, n in sorted(decoded.next_offsets.items())
             ],
         )
         conn.execute("COMMIT")
@@ -316,6 +328,11 @@ def write_batch(
         conn.execute("ROLLBACK")
         raise
     return landed, dead
+
+
+def _partition_counts(batch: pa.Table) -> dict[int, int]:
+    counts = pc.value_counts(batch.column("kafka_partition"))
+    return {item["values"].as_py(): item["counts"].as_py() for item in counts}
 
 
 def commit_to_group(
@@ -351,19 +368,19 @@ def land_stream(
     consumer = consumer_for(family, bootstrap_servers)
     try:
         planned = plan_ranges(consumer, family, start, timeout)
-        messages, ends, report.stopped_early = consume_ranges(
+        records, ends, report.stopped_early = consume_ranges(
             consumer, family, planned, max_messages, idle_timeout=timeout
         )
-        decoded = Decoder(family, max_message_bytes).decode(messages)
+        decoded = Decoder(family, max_message_bytes).decode(records)
         with connect() as conn:
-            landed, dead = write_batch(conn, family, messages, decoded)
+            landed, dead = write_batch(conn, family, decoded)
             now_at = read_offsets(conn, family)
-        report.consumed = len(messages)
+        report.consumed = len(records)
         report.landed = landed
         report.dead_lettered = dead
-        report.duplicates_ignored = len(messages) - sum(landed.values()) - dead
+        report.duplicates_ignored = len(records) - sum(landed.values()) - dead
         report.reasons = dict(decoded.reasons)
-        last = {m.partition: m.offset + 1 for m in messages}
+        last = decoded.next_offsets
         report.ranges = [
             PartitionRange(r.partition, r.first, last.get(r.partition, r.first), r.high_watermark)
             for r in planned

@@ -37,7 +37,14 @@ from typing import Any
 
 import msgspec
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from dagster_platform.kafka.events import (
     ACTIONS_TOPIC,
@@ -231,6 +238,8 @@ class ClusterSimulator:
         if workers.is_empty():
             raise ValueError(f"cluster {cid} has no worker hosts in hosts.csv")
         own = jobs.filter(pl.col("cluster_id") == cid).sort("start_time")
+        if own.is_empty():
+            raise ValueError(f"cluster {cid} has no Spark jobs in spark_jobs.csv")
         latest = own.row(-1, named=True)
         edge = hosts.filter((pl.col("cluster_id") == cid) & (pl.col("role") == "edge"))
         return _Cluster(
@@ -551,10 +560,11 @@ class ProduceReport:
 
 
 def _actions_consumer(bootstrap_servers: str, timeout: float) -> Consumer:
-    """A consumer of ops-actions pinned to the current end, so old commands are not replayed.
+    """A consumer of ops-actions from the current end, so old commands are not replayed.
 
     It is assigned concrete offsets, not "end", so a command sent right after the start is not
-    lost to a late offset lookup.
+    lost to a late offset lookup. Some brokers (the embedded Tansu among them) report a high
+    watermark inside the last record batch, so older commands are also skipped by timestamp.
     """
     consumer = Consumer(
         {
@@ -575,11 +585,16 @@ def _actions_consumer(bootstrap_servers: str, timeout: float) -> Consumer:
     return consumer
 
 
-def _apply_commands(consumer: Consumer, simulator: ClusterSimulator, report: ProduceReport) -> None:
+def _apply_commands(
+    consumer: Consumer, simulator: ClusterSimulator, report: ProduceReport, not_before_ms: int
+) -> None:
     for message in consumer.consume(num_messages=100, timeout=0):
         if message.error() is not None:
             log.warning("ops-actions consumer error", extra={"error": str(message.error())})
             continue
+        kind, timestamp_ms = message.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE and timestamp_ms < not_before_ms:
+            continue  # sent before this run started: not meant for this simulation
         try:
             command = msgspec.json.decode(message.value(), type=ActionCommandV1)
         except msgspec.DecodeError as exc:  # ValidationError is one
@@ -642,6 +657,7 @@ def run_producer(
             events[event_type] += 1
 
     producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5})
+    not_before_ms = int(time.time() * 1000)
     consumer = _actions_consumer(bootstrap_servers, connect_timeout)
     stop = stop or threading.Event()
     started = time.monotonic()
@@ -660,7 +676,7 @@ def run_producer(
                 report.incidents.append(
                     {"tick": n, "kind": kind, "cluster": cluster, "target": target}
                 )
-            _apply_commands(consumer, simulator, report)
+            _apply_commands(consumer, simulator, report, not_before_ms)
             for out in simulator.tick():
                 _produce(producer, out, partial(delivered, out.event.__struct_config__.tag))
             report.ticks += 1

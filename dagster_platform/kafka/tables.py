@@ -6,6 +6,7 @@ twice inserts nothing; progress per partition lives in `stream_offsets`, next to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import duckdb
@@ -27,13 +28,6 @@ _SQL_TYPES: dict[type, str] = {
     msgspec.inspect.DateTimeType: "TIMESTAMPTZ",
     msgspec.inspect.LiteralType: "VARCHAR",
 }
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "VARCHAR": pa.string(),
-    "DOUBLE": pa.float64(),
-    "BIGINT": pa.int64(),
-    "BOOLEAN": pa.bool_(),
-    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
-}
 
 
 def _sql_type(info: msgspec.inspect.Type) -> str:
@@ -50,14 +44,39 @@ def event_columns(table: EventTable) -> list[tuple[str, str]]:
     return [(field.name, _sql_type(field.type)) for field in info.fields]
 
 
-def event_arrow_schema(table: EventTable) -> pa.Schema:
-    coordinates = [
-        pa.field("kafka_topic", pa.string()),
-        pa.field("kafka_partition", pa.int32()),
-        pa.field("kafka_offset", pa.int64()),
-    ]
-    fields = [pa.field(name, _ARROW_TYPES[sql]) for name, sql in event_columns(table)]
-    return pa.schema([*coordinates, *fields])
+def _typed_columns(table: EventTable) -> str:
+    """SELECT list that types a JSON `payload` column as the event's fields, defaults included.
+    The payload was validated by msgspec first, so every cast here succeeds."""
+    info = msgspec.inspect.type_info(table.event_type)
+    shape = json.dumps({field.name: _sql_type(field.type) for field in info.fields})
+    columns = []
+    for field in info.fields:
+        value = f"j.{quote(field.name)}"
+        if field.default not in (msgspec.NODEFAULT, None):
+            value = f"coalesce({value}, {field.default!r})"
+        columns.append(f"{value} AS {quote(field.name)}")
+    return f"{', '.join(columns)} FROM (SELECT *, json_transform(payload, '{shape}') AS j FROM"
+
+
+def insert_events(
+    conn: duckdb.DuckDBPyConnection, table: EventTable, topic: str, batch: pa.Table
+) -> int:
+    """Insert validated payloads (kafka_partition, kafka_offset, payload) as typed rows whose
+    coordinates are new; return how many were inserted."""
+    if batch.num_rows == 0:
+        return 0
+    names = ", ".join(quote(name) for name, _ in event_columns(table))
+    conn.register("_payloads", batch)
+    try:
+        (inserted,) = conn.execute(
+            f"INSERT OR IGNORE INTO {quote(table.table)} (kafka_topic, kafka_partition, "
+            f"kafka_offset, {names}) SELECT $topic, kafka_partition, kafka_offset, "
+            f"{_typed_columns(table)} _payloads)",
+            {"topic": topic},
+        ).fetchone()
+    finally:
+        conn.unregister("_payloads")
+    return int(inserted)
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None:

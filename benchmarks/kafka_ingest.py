@@ -1,0 +1,128 @@
+"""Events/s into DuckDB: consume-only (the limit), our landing path, and the naive way.
+
+All three read the same pre-produced host metric events from the same private broker:
+(a) confluent-kafka consuming and decoding nothing — the ceiling on this machine;
+(b) `land_stream`: consume, decode and validate with msgspec, write rows, dead letters and
+    offsets to DuckDB in one transaction, commit to the consumer group;
+(c) `json.loads` per message and one INSERT per row — measured on the first NAIVE_EVENTS
+    events, because it would take minutes on all of them (its rate is what is compared).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from confluent_kafka import Consumer, TopicPartition
+
+from benchmarks.common import fresh_topic, machine, metric_payloads, private_broker, produce_all
+from dagster_platform.kafka.events import RAW_EVENTS, StreamFamily
+from dagster_platform.kafka.landing import land_stream
+
+EVENTS = 200_000
+NAIVE_EVENTS = 20_000
+PARTITIONS = 3
+
+
+def _consumer(bootstrap_servers: str, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
+
+
+def consume_only(bootstrap_servers: str, topic: str, events: int) -> float:
+    consumer = _consumer(bootstrap_servers, "bench-consume-only")
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    received = 0
+    started = time.perf_counter()
+    while received < events:
+        received += sum(1 for m in consumer.consume(10_000, timeout=1.0) if m.error() is None)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return elapsed
+
+
+def landing(bootstrap_servers: str, topic: str, database: Path) -> tuple[float, int]:
+    family = StreamFamily("bench", topic, RAW_EVENTS.tables)
+    started = time.perf_counter()
+    report = land_stream(
+        lambda: contextlib.closing(duckdb.connect(str(database))),
+        bootstrap_servers,
+        family,
+        max_messages=EVENTS,
+    )
+    return time.perf_counter() - started, report.landed_total
+
+
+def naive(bootstrap_servers: str, topic: str, database: Path, events: int) -> float:
+    conn = duckdb.connect(str(database))
+    conn.execute(
+        "CREATE TABLE naive (kafka_partition INTEGER, kafka_offset BIGINT, event_id VARCHAR, "
+        "ts TIMESTAMPTZ, cluster_id VARCHAR, host_id VARCHAR, cpu_pct DOUBLE, "
+        "memory_pct DOUBLE, disk_pct DOUBLE, load_1m DOUBLE)"
+    )
+    consumer = _consumer(bootstrap_servers, "bench-naive")
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    done = 0
+    started = time.perf_counter()
+    while done < events:
+        for message in consumer.consume(min(1_000, events - done), timeout=1.0):
+            if message.error() is not None:
+                continue
+            event = json.loads(message.value())
+            conn.execute(
+                "INSERT INTO naive VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    message.partition(), message.offset(), event["event_id"], event["ts"],
+                    event["cluster_id"], event["host_id"], event["cpu_pct"],
+                    event["memory_pct"], event["disk_pct"], event["load_1m"],
+                ],
+            )  # fmt: skip
+            done += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    conn.close()
+    return elapsed
+
+
+def run() -> dict[str, Any]:
+    with private_broker() as broker, tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        servers = broker.bootstrap_servers
+        topic = fresh_topic(servers, PARTITIONS)
+        produce_all(servers, topic, metric_payloads(EVENTS))
+        consume_seconds = consume_only(servers, topic, EVENTS)
+        landing_seconds, landed = landing(servers, topic, Path(folder) / "landing.duckdb")
+        naive_seconds = naive(servers, topic, Path(folder) / "naive.duckdb", NAIVE_EVENTS)
+    if landed != EVENTS:
+        raise RuntimeError(f"landed {landed} of {EVENTS} events")
+    consume_eps = EVENTS / consume_seconds
+    landing_eps = EVENTS / landing_seconds
+    naive_eps = NAIVE_EVENTS / naive_seconds
+    return {
+        "name": "kafka-ingest",
+        "events": EVENTS,
+        "naive_events": NAIVE_EVENTS,
+        "consume_only_eps": round(consume_eps),
+        "landing_eps": round(landing_eps),
+        "naive_eps": round(naive_eps),
+        "consume_only_seconds": round(consume_seconds, 3),
+        "landing_seconds": round(landing_seconds, 3),
+        "naive_seconds": round(naive_seconds, 3),
+        "ratio_landing_vs_consume_only": round(landing_eps / consume_eps, 3),
+        "ratio_landing_vs_naive": round(landing_eps / naive_eps, 1),
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run()))

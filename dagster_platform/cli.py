@@ -163,12 +163,41 @@ def produce(
 
 
 @app.command()
+def bench(name: Annotated[str, typer.Argument(help="e.g. kafka-ingest, kafka-latency")]) -> None:
+    """Run one benchmark of benchmarks/ and print its figures as one JSON object."""
+    import importlib
+    import pkgutil
+
+    import benchmarks
+
+    available = sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(benchmarks.__path__)
+        if m.name != "common"
+    )
+    if name not in available:
+        raise _fail(f"unknown benchmark {name!r}; available: {', '.join(available)}")
+    module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
+    typer.echo(json.dumps(module.run(), ensure_ascii=False))
+
+
+@app.command()
 def dev(
     host: Annotated[str, typer.Option(help="Address of the Dagster UI.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+    produce_events: Annotated[
+        bool,
+        typer.Option(
+            "--produce/--no-produce", help="Run the cluster simulator so events keep flowing."
+        ),
+    ] = True,
+    produce_rate: Annotated[float, typer.Option(help="Simulator ticks per second.")] = 0.5,
+    incident_every: Annotated[
+        float, typer.Option(help="Seconds between simulated cpu-spike incidents.")
+    ] = 600.0,
 ) -> None:
-    """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and
-    `dagster dev` with DAGSTER_HOME in the state folder."""
+    """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the
+    cluster simulator, and `dagster dev` with DAGSTER_HOME in the state folder."""
     from dagster_platform.instance import write_instance_config
 
     settings = get_settings()
@@ -201,41 +230,59 @@ def dev(
         "-p",
         str(port),
     ]
-    raise typer.Exit(_run_until_stopped(command, env, broker))
+    producer = None
+    if produce_events:
+        producer = _spawn(
+            [sys.executable, "-m", "dagster_platform.cli", "produce", "--rate", str(produce_rate),
+             "--incident-every", str(incident_every)],
+            env,
+        )  # fmt: skip
+    try:
+        code = _run_until_stopped(_spawn(command, env))
+    finally:
+        if producer is not None:
+            _stop(producer, timeout=15)
+        if broker is not None:
+            broker.stop()
+    raise typer.Exit(code)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run_until_stopped(
-    command: list[str], env: dict[str, str], broker: EmbeddedBroker | None
-) -> int:
-    """Run `dagster dev` in its own process group; on Ctrl-C or SIGTERM ask it to shut down
-    (SIGINT, as Ctrl-C would), kill the group if it does not, then stop the broker."""
-    process = subprocess.Popen(
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A child in its own process group that hears SIGINT even if we were started in the
+    background (a shell then makes its children ignore it)."""
+    return subprocess.Popen(
         command,
         env=env,
         cwd=REPO_ROOT,
         start_new_session=True,
-        # a shell that started us in the background ignores SIGINT; let dagster dev hear it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def _stop(process: subprocess.Popen, timeout: float) -> None:
+    """Ask like Ctrl-C would; kill the whole group if it does not finish in time."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _run_until_stopped(process: subprocess.Popen) -> int:
+    """Wait for `dagster dev`; on Ctrl-C or SIGTERM shut it down gracefully."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _stop(process, timeout=60)
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

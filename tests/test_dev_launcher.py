@@ -45,8 +45,13 @@ def warehouse_tables(path: Path) -> set[str]:
         return {row[0] for row in conn.execute("SHOW TABLES").fetchall()}
 
 
+def non_empty(path: Path, tables: set[str]) -> bool:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return all(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+
+
 @pytest.mark.slow
-def test_dev_serves_the_ingestion_group_and_loads_the_sample_data(
+def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
     tmp_path: Path, data_dir: Path
 ) -> None:
     ui_port, broker_port = free_port(), free_port()
@@ -61,7 +66,18 @@ def test_dev_serves_the_ingestion_group_and_loads_the_sample_data(
     env.pop("DAGSTER_HOME", None)
     log = (tmp_path / "dev.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dagster_platform.cli", "dev", "--port", str(ui_port)],
+        [
+            sys.executable,
+            "-m",
+            "dagster_platform.cli",
+            "dev",
+            "--port",
+            str(ui_port),
+            "--produce-rate",
+            "2",
+            "--incident-every",
+            "20",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -77,13 +93,29 @@ def test_dev_serves_the_ingestion_group_and_loads_the_sample_data(
             "the Dagster UI",
         )
         groups = {node["assetKey"]["path"][-1]: node["groupName"] for node in nodes}
-        assert groups == {spec.name: "ingestion" for spec in SOURCES}
+        assert {spec.name for spec in SOURCES} <= set(groups)
+        assert set(groups.values()) == {"ingestion"}
         expected = {spec.name for spec in SOURCES}
+        warehouse = state / "warehouse.duckdb"
         wait_for(
-            lambda: expected <= warehouse_tables(state / "warehouse.duckdb"),
+            lambda: expected <= warehouse_tables(warehouse),
             300,
             "the sensor to load every sample source",
         )
+        # the simulator's events land, the alert of the CPU incident with them, and the
+        # rollups follow on their own
+        streamed = {
+            "host_metrics",
+            "spark_job_events",
+            "alert_events",
+            "cluster_utilization_1m",
+            "host_utilization_1h",
+            "spark_job_state",
+        }
+        wait_for(lambda: non_empty(warehouse, streamed), 300, "events and rollups to flow")
+        with duckdb.connect(str(warehouse), read_only=True) as conn:
+            rules = {r[0] for r in conn.execute("SELECT rule FROM alert_events").fetchall()}
+        assert "cluster_cpu_high" in rules
         assert (state / "dagster_home" / "dagster.yaml").is_file()
     finally:
         process.send_signal(signal.SIGTERM)

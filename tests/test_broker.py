@@ -9,7 +9,13 @@ from typer.testing import CliRunner
 
 from dagster_platform.cli import app
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
-from dagster_platform.kafka.topics import PLATFORM_TOPICS, KafkaUnavailable, list_topics
+from dagster_platform.kafka.topics import (
+    PLATFORM_TOPICS,
+    KafkaUnavailable,
+    TopicSpec,
+    ensure_topics,
+    list_topics,
+)
 from tests.conftest import free_port
 
 
@@ -20,8 +26,10 @@ def test_session_broker_has_the_platform_topics(kafka_broker: EmbeddedBroker) ->
 
 
 def test_produce_and_consume_round_trip(kafka_broker: EmbeddedBroker) -> None:
+    topic = f"round-trip-{os.getpid()}-{free_port()}"
+    ensure_topics(kafka_broker.bootstrap_servers, (TopicSpec(topic, 1, "test"),))
     producer = Producer({"bootstrap.servers": kafka_broker.bootstrap_servers})
-    producer.produce("ops-alerts", key=b"etl-prod", value=b'{"alert": "cpu"}')
+    producer.produce(topic, key=b"etl-prod", value=b'{"alert": "cpu"}')
     assert producer.flush(10) == 0
     consumer = Consumer(
         {
@@ -30,7 +38,7 @@ def test_produce_and_consume_round_trip(kafka_broker: EmbeddedBroker) -> None:
             "enable.auto.commit": False,
         }
     )
-    consumer.assign([TopicPartition("ops-alerts", 0, 0)])
+    consumer.assign([TopicPartition(topic, 0, 0)])
     message = consumer.poll(10)
     consumer.close()
     assert message is not None and message.error() is None

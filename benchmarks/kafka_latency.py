@@ -120,7 +120,7 @@ def run() -> dict[str, Any]:
         finally:
             platform.send_signal(signal.SIGTERM)
             platform.wait(120)
-    quantiles = statistics.quantiles(latencies, n=20)
+    quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
     return {
         "name": "kafka-latency",
         "samples": len(latencies),

@@ -10,6 +10,7 @@ import dagster as dg
 
 from dagster_platform.definitions import defs
 from dagster_platform.ingestion.sources import SOURCES
+from dagster_platform.rollups import ROLLUPS
 from dagster_platform.settings import REPO_ROOT
 
 
@@ -35,14 +36,8 @@ def test_the_ingestion_group_has_one_guarded_asset_per_source() -> None:
 def test_the_streams_land_into_typed_tables_with_rollups_that_follow() -> None:
     graph = defs.resolve_asset_graph()
     landed = {"host_metrics", "spark_job_events", "alert_events", "feedback_events"}
-    derived = {
-        "host_utilization_1m",
-        "host_utilization_1h",
-        "cluster_utilization_1m",
-        "cluster_utilization_1h",
-        "spark_job_state",
-        "dead_letter_events",
-    }
+    derived = {spec.name for spec in ROLLUPS} | {"dead_letter_events"}
+    assert {"host_utilization_1m", "cluster_utilization_1h", "spark_job_state"} <= derived
     for name in landed | derived:
         node = graph.get(dg.AssetKey(name))
         assert node.group_name == "ingestion"

@@ -65,6 +65,25 @@ def job(i: int) -> SparkJobEventV1:
     )
 
 
+def alert_fields() -> dict:
+    return {
+        "event_id": "a-1",
+        "ts": NOW,
+        "alert_id": "al-1",
+        "cluster_id": "etl-prod",
+        "severity": "sev2",
+        "rule": "cluster_cpu_high",
+        "metric": "cpu_pct",
+        "value": 91.2,
+        "threshold": 85,
+        "message": "CPU high",
+    }
+
+
+def alert() -> AlertV1:
+    return AlertV1(**alert_fields())
+
+
 @pytest.fixture
 def family(kafka_broker: EmbeddedBroker) -> StreamFamily:
     """A fresh topic shaped like raw-data-stream, so tests never see each other's messages."""
@@ -166,20 +185,7 @@ BAD = {
     "unknown type": (b'{"type": "disk_smart.v1", "event_id": "x"}', "unknown_type", "disk_smart"),
     "no type": (b'{"event_id": "x"}', "unknown_type", "missing required field `type`"),
     "other family's type": (
-        encode(
-            AlertV1(
-                event_id="a",
-                ts=NOW,
-                alert_id="a",
-                cluster_id="c",
-                severity="sev2",
-                rule="r",
-                metric="cpu_pct",
-                value=90,
-                threshold=85,
-                message="m",
-            )
-        ),
+        encode(alert()),
         "unknown_type",
         "alert.v1",
     ),
@@ -312,18 +318,7 @@ def test_two_runs_at_once_land_each_message_once(
 
 
 def test_alerts_land_in_their_own_table(kafka_broker: EmbeddedBroker, database) -> None:
-    alert = AlertV1(
-        event_id=f"a-{uuid.uuid4().hex}",
-        ts=NOW,
-        alert_id="al-1",
-        cluster_id="etl-prod",
-        severity="sev2",
-        rule="cluster_cpu_high",
-        metric="cpu_pct",
-        value=91.2,
-        threshold=85,
-        message="CPU high",
-    )
+    alert = AlertV1(**{**alert_fields(), "event_id": f"a-{uuid.uuid4().hex}"})
     produce(kafka_broker.bootstrap_servers, ALERT_EVENTS.topic, [encode(alert)])
     report = land_stream(database, kafka_broker.bootstrap_servers, ALERT_EVENTS)
     assert report.landed["alert_events"] >= 1

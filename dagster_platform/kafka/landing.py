@@ -342,7 +342,8 @@ def _partition_counts(batch: pa.Table) -> dict[int, int]:
 def commit_to_group(
     consumer: Consumer, family: StreamFamily, next_offsets: dict[int, int]
 ) -> str | None:
-    """Tell the consumer group how far the warehouse got; the error text if Kafka refused."""
+    """Tell the consumer group how far the warehouse got (the warehouse is the truth, the group
+    a copy for the sensors); the error text if Kafka refused."""
     if not next_offsets:
         return None
     try:
@@ -391,9 +392,9 @@ def land_stream(
             PartitionRange(r.partition, r.first, last.get(r.partition, r.first), r.high_watermark)
             for r in planned
         ]
-        report.kafka_commit_error = commit_to_group(
-            consumer, family, {p: n for p, n in now_at.items() if p in last}
-        )
+        # mirror every partition the warehouse knows, not only this run's: a run that died
+        # between the two commits left the group behind on partitions with nothing new
+        report.kafka_commit_error = commit_to_group(consumer, family, now_at)
         report.remaining_lag = _remaining_lag(consumer, family, planned, now_at, ends, timeout)
     finally:
         consumer.close()

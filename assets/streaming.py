@@ -6,6 +6,7 @@ sensors watch. Rollups update on their own (declarative automation) after new ro
 """
 
 import dagster as dg
+import polars as pl
 
 from dagster_platform.ingestion.report import markdown_table
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
@@ -13,7 +14,7 @@ from dagster_platform.kafka.landing import LandingReport, land_stream
 from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
     dead_letter_summary,
-    ensure_tables,
+    ensure_all_tables,
     unreconciled,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
@@ -124,8 +125,7 @@ def dead_letter_events(warehouse: WarehouseResource) -> dg.MaterializeResult:
     empty or oversized — with the reason, its coordinates and its bytes. The landing runs
     write it; this asset reports what it holds."""
     with warehouse.get_connection() as conn:
-        for family in STREAM_FAMILIES:
-            ensure_tables(conn, family)
+        ensure_all_tables(conn)
         summary = dead_letter_summary(conn)
         latest = conn.sql(
             f"SELECT kafka_topic, kafka_partition, kafka_offset, reason, error, size_bytes "
@@ -136,8 +136,9 @@ def dead_letter_events(warehouse: WarehouseResource) -> dg.MaterializeResult:
         metadata={
             "dagster/row_count": dg.MetadataValue.int(total),
             "by_reason": dg.MetadataValue.md(
-                "| topic | reason | messages |\n| --- | --- | --- |\n"
-                + "\n".join(f"| {t} | {r} | {n} |" for t, r, n in summary)
+                markdown_table(
+                    pl.DataFrame(summary, schema=["topic", "reason", "messages"], orient="row")
+                )
             ),
             "latest": dg.MetadataValue.md(markdown_table(latest)),
         }
@@ -158,8 +159,7 @@ def build_rollup_asset(spec: Rollup) -> dg.AssetsDefinition:
     )
     def _rollup(warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as conn:
-            for family in STREAM_FAMILIES:
-                ensure_tables(conn, family)
+            ensure_all_tables(conn)
             counts = refresh(conn, spec)
             preview = conn.sql(f"SELECT * FROM {spec.name} ORDER BY 1 DESC LIMIT 10").pl()
         return dg.MaterializeResult(

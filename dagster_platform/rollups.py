@@ -83,10 +83,6 @@ ROLLUPS: tuple[Rollup, ...] = (
 )
 
 
-def rollup(name: str) -> Rollup:
-    return next(r for r in ROLLUPS if r.name == name)
-
-
 def refresh(conn: duckdb.DuckDBPyConnection, spec: Rollup) -> dict[str, int]:
     """Recompute what changed since the last refresh; return keys touched and rows in total."""
     conn.execute(spec.create)

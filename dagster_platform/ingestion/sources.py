@@ -219,7 +219,3 @@ SOURCES: tuple[SourceSpec, ...] = (
     INCIDENTS,
     GOLDEN_QUESTIONS,
 )
-
-
-def source(name: str) -> SourceSpec:
-    return next(s for s in SOURCES if s.name == name)

@@ -22,9 +22,7 @@ Severity = Literal["sev1", "sev2", "sev3", "sev4"]
 JobState = Literal["SUBMITTED", "ACCEPTED", "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
 
-class Event(
-    msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=False
-):
+class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     """Fields every event has: a unique id and the time it happened (RFC 3339)."""
 
     event_id: Identifier
@@ -103,10 +101,6 @@ class EventTable:
     def tag(self) -> str:
         return self.event_type.__struct_config__.tag  # type: ignore[return-value]
 
-    @property
-    def fields(self) -> tuple[msgspec.structs.FieldInfo, ...]:
-        return msgspec.structs.fields(self.event_type)
-
 
 @dataclass(frozen=True)
 class StreamFamily:
@@ -123,9 +117,6 @@ class StreamFamily:
     @property
     def event_types(self) -> tuple[type[Event], ...]:
         return tuple(t.event_type for t in self.tables)
-
-    def table_for(self, event: Event) -> EventTable:
-        return next(t for t in self.tables if isinstance(event, t.event_type))
 
 
 RAW_EVENTS = StreamFamily(

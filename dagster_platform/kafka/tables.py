@@ -13,7 +13,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from dagster_platform.kafka.events import EventTable, StreamFamily
+from dagster_platform.kafka.events import STREAM_FAMILIES, EventTable, StreamFamily
 from dagster_platform.warehouse import quote
 
 COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
@@ -44,18 +44,22 @@ def event_columns(table: EventTable) -> list[tuple[str, str]]:
     return [(field.name, _sql_type(field.type)) for field in info.fields]
 
 
-def _typed_columns(table: EventTable) -> str:
-    """SELECT list that types a JSON `payload` column as the event's fields, defaults included.
-    The payload was validated by msgspec first, so every cast here succeeds."""
+def _typed_select(table: EventTable, source: str) -> str:
+    """SELECT of `source` (kafka_partition, kafka_offset, payload) typing the JSON payload as
+    the event's columns, defaults included. Payloads were validated by msgspec first, so every
+    cast here succeeds."""
     info = msgspec.inspect.type_info(table.event_type)
-    shape = json.dumps({field.name: _sql_type(field.type) for field in info.fields})
+    shape = json.dumps(dict(event_columns(table)))
     columns = []
     for field in info.fields:
         value = f"j.{quote(field.name)}"
         if field.default not in (msgspec.NODEFAULT, None):
             value = f"coalesce({value}, {field.default!r})"
         columns.append(f"{value} AS {quote(field.name)}")
-    return f"{', '.join(columns)} FROM (SELECT *, json_transform(payload, '{shape}') AS j FROM"
+    return (
+        f"SELECT kafka_partition, kafka_offset, {', '.join(columns)} FROM "
+        f"(SELECT *, json_transform(payload, '{shape}') AS j FROM {source})"
+    )
 
 
 def insert_events(
@@ -70,8 +74,7 @@ def insert_events(
     try:
         (inserted,) = conn.execute(
             f"INSERT OR IGNORE INTO {quote(table.table)} (kafka_topic, kafka_partition, "
-            f"kafka_offset, {names}) SELECT $topic, kafka_partition, kafka_offset, "
-            f"{_typed_columns(table)} _payloads)",
+            f"kafka_offset, {names}) SELECT $topic, * FROM ({_typed_select(table, '_payloads')})",
             {"topic": topic},
         ).fetchone()
     finally:
@@ -105,6 +108,12 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None
         "updated_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
         "PRIMARY KEY (consumer_group, kafka_topic, kafka_partition))"
     )
+
+
+def ensure_all_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Every landing table, for readers that may run before any stream has landed."""
+    for family in STREAM_FAMILIES:
+        ensure_tables(conn, family)
 
 
 def read_offsets(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> dict[int, int]:

@@ -17,6 +17,7 @@ import typer
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
 from dagster_platform.logs import configure_cli_logging
+from dagster_platform.ontology_cli import ontology_app
 from dagster_platform.settings import REPO_ROOT, Settings, get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -24,6 +25,7 @@ broker_app = typer.Typer(help="The embedded Kafka-compatible broker (Tansu).", n
 models_app = typer.Typer(help="The models shipped in PyPI packages.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 app.add_typer(models_app, name="models")
+app.add_typer(ontology_app, name="ontology")
 
 
 @app.callback()

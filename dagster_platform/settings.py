@@ -29,6 +29,14 @@ def _default_data_dir() -> Path:
     return REPO_ROOT / "data" / "sample"
 
 
+def _default_ontology_dir() -> Path:
+    return REPO_ROOT / "data" / "ontology"
+
+
+def _default_roles_file() -> Path:
+    return REPO_ROOT / "data" / "roles.yaml"
+
+
 class Settings(BaseSettings):
     """Configuration of one platform deployment; each field names its environment variable."""
 
@@ -43,6 +51,21 @@ class Settings(BaseSettings):
         default_factory=_default_data_dir,
         validation_alias=AliasChoices("DAGSTER_PLATFORM_DATA", "data_dir"),
         description="Input data folder read by the file ingestion assets.",
+    )
+    ontology_dir: Path = Field(
+        default_factory=_default_ontology_dir,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_ONTOLOGY", "ontology_dir"),
+        description="Folder of the ontology YAML (object, link and action types, functions).",
+    )
+    roles_file: Path = Field(
+        default_factory=_default_roles_file,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_ROLES", "roles_file"),
+        description="Users and their roles, for approving ontology actions.",
+    )
+    yarn_resource_manager_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("YARN_RESOURCE_MANAGER_URL", "yarn_resource_manager_url"),
+        description="When set, an approved kill also calls the YARN ResourceManager REST API.",
     )
     kafka_bootstrap_servers: str | None = Field(
         default=None,

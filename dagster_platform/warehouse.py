@@ -7,6 +7,10 @@ half-written table, and a failed load leaves the previous good table in place.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -57,3 +61,24 @@ def key_values(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> set[
 
 def read_table(conn: duckdb.DuckDBPyConnection, table: str) -> pl.DataFrame:
     return conn.sql(f"SELECT * FROM {quote(table)}").pl()
+
+
+@contextmanager
+def open_warehouse(
+    path: Path, read_only: bool = False, wait_seconds: float = 15.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection for command-line use, waiting while another process holds the file lock
+    (Dagster runs keep their connections short, so the wait is brief)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            conn = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -3,6 +3,9 @@
 import dagster as dg
 
 from sensors.file_sensors import data_folder_changes
+from sensors.ontology_sensors import ontology_changes
 from sensors.stream_sensors import rollup_automation, stream_sensors
 
-defs = dg.Definitions(sensors=[data_folder_changes, *stream_sensors, rollup_automation])
+defs = dg.Definitions(
+    sensors=[data_folder_changes, ontology_changes, *stream_sensors, rollup_automation]
+)

@@ -7,12 +7,21 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pytest
 
+from dagster_platform.ingestion.readers import read_source
+from dagster_platform.ingestion.sources import SOURCES
+from dagster_platform.ingestion.validation import to_typed
 from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.tables import ensure_all_tables
+from dagster_platform.rollups import ROLLUPS
 from dagster_platform.settings import REPO_ROOT
+from dagster_platform.warehouse import replace_table
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+ONTOLOGY_DIR = REPO_ROOT / "data" / "ontology"
+ROLES_FILE = REPO_ROOT / "data" / "roles.yaml"
 
 
 def free_port() -> int:
@@ -38,6 +47,9 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "KAFKA_BOOTSTRAP_SERVERS",
         "DAGSTER_PLATFORM_DATA",
         "DAGSTER_PLATFORM_BROKER_PORT",
+        "DAGSTER_PLATFORM_ONTOLOGY",
+        "DAGSTER_PLATFORM_ROLES",
+        "YARN_RESOURCE_MANAGER_URL",
     ):
         monkeypatch.delenv(name, raising=False)
     return state
@@ -48,4 +60,29 @@ def data_dir(tmp_path: Path) -> Path:
     """A private copy of the sample data that a test may break."""
     target = tmp_path / "data"
     shutil.copytree(SAMPLE_DIR, target)
+    return target
+
+
+def load_sample_warehouse(path: Path, data: Path = SAMPLE_DIR) -> Path:
+    """A DuckDB file holding the typed sample tables and the (empty) stream and rollup tables,
+    as the ingestion assets leave it, without running Dagster."""
+    with duckdb.connect(str(path)) as conn:
+        for spec in SOURCES:
+            replace_table(conn, spec.name, to_typed(read_source(spec, data)))
+        ensure_all_tables(conn)
+        for rollup in ROLLUPS:
+            conn.execute(rollup.create)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_warehouse_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return load_sample_warehouse(tmp_path_factory.mktemp("warehouse") / "sample.duckdb")
+
+
+@pytest.fixture
+def sample_warehouse(sample_warehouse_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the loaded sample warehouse that a test may change."""
+    target = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(sample_warehouse_template, target)
     return target

@@ -159,7 +159,7 @@ def ontology_schema(
         ]
     )
     context.log.info(f"ontology version {changes.version} ({'new' if published else 'same'})")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "version": changes.version,
             "changes": dg.MetadataValue.md(changes.markdown()),
@@ -236,7 +236,7 @@ def ontology_objects(
     if not report.published:
         raise dg.Failure(description=f"objects not published: {keys}")
     context.log.info(f"{report.total} objects in {len(report.counts)} types")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(report.total),
             "objects_per_type": dg.MetadataValue.json(report.counts),
@@ -299,7 +299,7 @@ def ontology_links(
             "the previous links stay published."
         )
     context.log.info(f"{report.total} links in {len(report.counts)} types")
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(report.total),
             "links_per_type": dg.MetadataValue.json(report.counts),

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dagster_platform.actions_cli import actions_app
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
 from dagster_platform.logs import configure_cli_logging
@@ -26,6 +27,7 @@ models_app = typer.Typer(help="The models shipped in PyPI packages.", no_args_is
 app.add_typer(broker_app, name="broker")
 app.add_typer(models_app, name="models")
 app.add_typer(ontology_app, name="ontology")
+app.add_typer(actions_app, name="actions")
 
 
 @app.callback()

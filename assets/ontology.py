@@ -34,11 +34,6 @@ from resources import WAREHOUSE_POOL, OntologyResource, WarehouseResource
 
 GROUP = "ontology"
 OWNERS = ["team:data-platform"]
-FOLLOW_BACKING = (
-    dg.AutomationCondition.eager()
-    .without(~dg.AutomationCondition.any_deps_missing())
-    .with_label("eager_allow_missing")
-)
 
 
 def _platform_tables() -> set[str]:
@@ -61,6 +56,34 @@ def _backing_deps() -> list[str]:
 
 
 BACKING = _backing_deps()
+STREAMED = sorted(
+    set(BACKING)
+    & ({t.table for family in STREAM_FAMILIES for t in family.tables} | {r.name for r in ROLLUPS})
+)
+
+
+def _follow(streamed: list[str]) -> dg.AutomationCondition:
+    """Eager on the schema and file tables; tables fed by Kafka change every few seconds, so
+    their updates are picked up on a cron tick instead of rebuilding the ontology each time."""
+    stream = dg.AssetSelection.assets(*streamed)
+    eager = (
+        dg.AutomationCondition.eager()
+        .without(~dg.AutomationCondition.any_deps_missing())
+        .replace("any_deps_updated", dg.AutomationCondition.any_deps_updated().ignore(stream))
+    )
+    if not streamed:
+        return eager.with_label("eager_allow_missing")
+    periodic = (
+        dg.AutomationCondition.cron_tick_passed(get_settings().ontology_refresh_cron)
+        & dg.AutomationCondition.any_deps_updated().allow(stream).since_last_handled()
+        & ~dg.AutomationCondition.in_progress()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+    )
+    return (eager | periodic).with_label("eager, streamed tables on a cron tick")
+
+
+FOLLOW_BACKING = _follow(STREAMED)
+FOLLOW_ONTOLOGY = _follow([])
 
 
 def _problems_md(problems: list[Problem]) -> dg.MetadataValue:
@@ -251,7 +274,7 @@ def ontology_objects(
     owners=OWNERS,
     deps=["ontology_objects"],
     pool=WAREHOUSE_POOL,
-    automation_condition=FOLLOW_BACKING,
+    automation_condition=FOLLOW_ONTOLOGY,
     check_specs=[
         dg.AssetCheckSpec(
             "no_dangling_links",
@@ -313,7 +336,7 @@ def ontology_links(
     owners=OWNERS,
     deps=["ontology_links"],
     pool=WAREHOUSE_POOL,
-    automation_condition=FOLLOW_BACKING,
+    automation_condition=FOLLOW_ONTOLOGY,
 )
 def ontology_graph(
     context: dg.AssetExecutionContext, ontology: OntologyResource, warehouse: WarehouseResource

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DAGSTER_PLATFORM_ROLES", "roles_file"),
         description="Users and their roles, for approving ontology actions.",
     )
+    ontology_refresh_cron: str = Field(
+        default="*/5 * * * *",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_ONTOLOGY_REFRESH", "ontology_refresh_cron"),
+        description="When the ontology picks up changes of tables fed by Kafka (file tables "
+        "and schema changes are followed at once).",
+    )
     yarn_resource_manager_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("YARN_RESOURCE_MANAGER_URL", "yarn_resource_manager_url"),

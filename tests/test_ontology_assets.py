@@ -4,6 +4,7 @@ schema, a breaking change, dangling links, automation and the YAML sensor."""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -151,27 +152,37 @@ def test_dangling_links_fail_the_check_and_keep_the_graph(
 
 
 def test_objects_follow_their_schema_and_backing_tables_on_their_own() -> None:
-    """A new schema version, or a landed backing table, requests objects, links and graph in
-    one go; with nothing new, nothing is requested."""
+    """A new schema version, or a changed file table, requests objects, links and graph in one
+    go; a table fed by Kafka is picked up on the next cron tick; else nothing is requested."""
     ontology = {"ontology_objects", "ontology_links", "ontology_graph"}
+    t0 = datetime.now(UTC)
+    cursor = None
 
-    def requested(result) -> set[str]:
+    def tick(instance, at: datetime) -> set[str]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=cursor, evaluation_time=at
+        )
+        cursor = result.cursor
         return {k for k in ontology if result.get_num_requested(dg.AssetKey(k))}
 
-    with dg.instance_for_test() as instance:
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        instance.report_runless_asset_event(dg.AssetMaterialization("ontology_schema"))
-        schema = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, cursor=first.cursor
-        )
-        assert requested(schema) == ontology
-        for key in ontology:  # as if the requested run had happened
+    def happened(instance, *keys: str) -> None:
+        for key in keys:
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
-        idle = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=schema.cursor)
-        assert requested(idle) == set()
-        instance.report_runless_asset_event(dg.AssetMaterialization("hosts"))
-        hosts = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=idle.cursor)
-        assert requested(hosts) == ontology
+
+    with dg.instance_for_test() as instance:
+        tick(instance, t0)
+        happened(instance, "ontology_schema")
+        assert tick(instance, t0 + timedelta(seconds=5)) == ontology
+        happened(instance, *ontology)  # as if the requested run had happened
+        assert tick(instance, t0 + timedelta(seconds=10)) == set()
+        happened(instance, "hosts")
+        assert tick(instance, t0 + timedelta(seconds=15)) == ontology
+        happened(instance, *ontology)
+        assert tick(instance, t0 + timedelta(seconds=20)) == set()
+        happened(instance, "spark_job_state")
+        assert tick(instance, t0 + timedelta(seconds=25)) == set()
+        assert tick(instance, t0 + timedelta(minutes=5, seconds=1)) == ontology
 
 
 def test_the_yaml_sensor_requests_the_schema_when_the_files_change(folder: Path) -> None:

@@ -94,7 +94,7 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
         )
         groups = {node["assetKey"]["path"][-1]: node["groupName"] for node in nodes}
         assert {spec.name for spec in SOURCES} <= set(groups)
-        assert set(groups.values()) == {"ingestion"}
+        assert set(groups.values()) == {"ingestion", "ontology"}
         expected = {spec.name for spec in SOURCES}
         warehouse = state / "warehouse.duckdb"
         wait_for(
@@ -116,6 +116,14 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
         with duckdb.connect(str(warehouse), read_only=True) as conn:
             rules = {r[0] for r in conn.execute("SELECT rule FROM alert_events").fetchall()}
         assert "cluster_cpu_high" in rules
+        # the ontology sensor versions the YAML, and objects, links and graph follow on their own
+        built = {
+            "ontology_versions",
+            "ontology_objects",
+            "ontology_links",
+            "ontology_graph_metrics",
+        }
+        wait_for(lambda: non_empty(warehouse, built), 180, "the ontology to build")
         assert (state / "dagster_home" / "dagster.yaml").is_file()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -89,15 +89,22 @@ def _missing_relation(exc: duckdb.Error) -> str:
     return f"backing data cannot be read: {first}"
 
 
-def check_backing(conn: duckdb.DuckDBPyConnection, loaded: LoadedOntology) -> list[Problem]:
+def check_backing(
+    conn: duckdb.DuckDBPyConnection, loaded: LoadedOntology, missing_ok: bool = False
+) -> list[Problem]:
     """Every backing relation exists and has the columns the mapping names; every function's
-    SELECT runs and returns `key` and `value`."""
+    SELECT runs and returns `key` and `value`. With `missing_ok`, a table that does not exist
+    yet (its source not ingested) is not a problem; a wrong column in one that does is."""
     ontology, sources, folder = loaded.ontology, loaded.sources, loaded.folder
     problems: list[Problem] = []
     for name, obj in ontology.object_types.items():
         where = ("object_types", name)
         try:
             columns = _describe(conn, relation_sql(obj.backing, folder))
+        except duckdb.CatalogException as exc:
+            if not missing_ok:
+                problems.append(sources.problem((*where, "backing"), _missing_relation(exc)))
+            continue
         except duckdb.Error as exc:
             problems.append(sources.problem((*where, "backing"), _missing_relation(exc)))
             continue
@@ -119,6 +126,10 @@ def check_backing(conn: duckdb.DuckDBPyConnection, loaded: LoadedOntology) -> li
         where = ("link_types", name, "derive")
         try:
             columns = _describe(conn, relation_sql(derive, folder))
+        except duckdb.CatalogException as exc:
+            if not missing_ok:
+                problems.append(sources.problem(where, _missing_relation(exc)))
+            continue
         except duckdb.Error as exc:
             problems.append(sources.problem(where, _missing_relation(exc)))
             continue
@@ -133,6 +144,12 @@ def check_backing(conn: duckdb.DuckDBPyConnection, loaded: LoadedOntology) -> li
         where = ("functions", name, "sql")
         try:
             columns = _describe(conn, f"({function.sql.strip().rstrip(';')})")
+        except duckdb.CatalogException as exc:
+            if not missing_ok:
+                problems.append(
+                    sources.problem(where, f"the SELECT fails: {str(exc).splitlines()[0]}")
+                )
+            continue
         except duckdb.Error as exc:
             problems.append(sources.problem(where, f"the SELECT fails: {str(exc).splitlines()[0]}"))
             continue

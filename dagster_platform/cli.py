@@ -167,7 +167,9 @@ def produce(
 
 
 @app.command()
-def bench(name: Annotated[str, typer.Argument(help="e.g. kafka-ingest, kafka-latency")]) -> None:
+def bench(
+    name: Annotated[str, typer.Argument(help="kafka-ingest, kafka-latency or ontology")],
+) -> None:
     """Run one benchmark of benchmarks/ and print its figures as one JSON object."""
     import importlib
     import pkgutil

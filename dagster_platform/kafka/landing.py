@@ -13,11 +13,10 @@ consumed.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
+from dagster_platform.collector import collector_paused
 from dagster_platform.kafka.events import StreamFamily
 from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
@@ -373,7 +373,7 @@ def land_stream(
     consumer = consumer_for(family, bootstrap_servers)
     try:
         planned = plan_ranges(consumer, family, start, timeout)
-        with _gc_paused():
+        with collector_paused():  # the batch's Message objects, none in a cycle
             records, ends, report.stopped_early = consume_ranges(
                 consumer, family, planned, max_messages, idle_timeout=timeout
             )
@@ -400,20 +400,6 @@ def land_stream(
         consumer.close()
     log.info("stream landed", extra={"report": report.to_dict()})
     return report
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Hold the cyclic collector while a batch is held in memory: hundreds of thousands of
-    Message objects, none in a cycle, would otherwise be rescanned again and again (it costs
-    as much as consuming them)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _remaining_lag(

@@ -19,7 +19,10 @@ import duckdb
 import networkx as nx
 import numpy as np
 import pyarrow as pa
+import scipy.sparse
+import scipy.sparse.csgraph
 
+from dagster_platform.collector import collector_paused
 from dagster_platform.ontology.build import LINKS_TABLE, OBJECTS_TABLE
 from dagster_platform.warehouse import table_exists
 
@@ -33,19 +36,26 @@ class OntologyGraph:
     type_names: list[str]
     node_type: np.ndarray  # index into type_names per node_id
     node_key: list[str]
+    node_title: list[str]
     link_types: list[str]
     dependency_mask: int  # bits of the link types whose source depends on their target
+    sources: np.ndarray  # the edges again, as arrays, for whole-graph analytics
+    targets: np.ndarray
     _index: dict[tuple[str, str], int] | None = field(default=None, repr=False)
 
     @property
     def nodes(self) -> int:
         return self.graph.number_of_nodes()
 
-    def node(self, object_type: str, key: str) -> int | None:
+    def index(self) -> dict[tuple[str, str], int]:
+        """(type, key) → node id, built on first use (a second for a million objects)."""
         if self._index is None:
             types = [self.type_names[t] for t in self.node_type.tolist()]
             self._index = {pair: i for i, pair in enumerate(zip(types, self.node_key, strict=True))}
-        return self._index.get((object_type, key))
+        return self._index
+
+    def node(self, object_type: str, key: str) -> int | None:
+        return self.index().get((object_type, key))
 
     def ref(self, node: int) -> tuple[str, str]:
         return self.type_names[int(self.node_type[node])], self.node_key[node]
@@ -103,30 +113,39 @@ def load_graph(conn: duckdb.DuckDBPyConnection, link_types: dict[str, bool]) -> 
         ).fetchall()
     ]
     nodes = conn.execute(
-        "SELECT CAST(list_position($types, object_type) - 1 AS INTEGER), object_key "
+        "SELECT CAST(list_position($types, object_type) - 1 AS INTEGER), object_key, title "
         f"FROM {OBJECTS_TABLE} ORDER BY node_id",
         {"types": type_names},
     ).fetchnumpy()
-    node_type, node_key = nodes.values()
+    node_type, node_key, node_title = nodes.values()
     edges = conn.execute(
         "SELECT source_node, target_node, CAST(bit_or(CAST(1 AS BIGINT) << link_type_id) "
         f"AS BIGINT) FROM {LINKS_TABLE} WHERE source_node IS NOT NULL AND target_node IS NOT "
         "NULL GROUP BY ALL"
     ).fetchnumpy()
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(len(node_key)))
     sources, targets, bits = edges.values()
-    graph.add_edges_from(
-        zip(sources.tolist(), targets.tolist(), ({"types": b} for b in bits.tolist()), strict=True)
-    )
+    graph = nx.DiGraph()
+    with collector_paused():
+        graph.add_nodes_from(range(len(node_key)))
+        graph.add_edges_from(
+            zip(
+                sources.tolist(),
+                targets.tolist(),
+                ({"types": b} for b in bits.tolist()),
+                strict=True,
+            )
+        )
     names = list(link_types)
     return OntologyGraph(
         graph=graph,
         type_names=type_names,
         node_type=np.asarray(node_type),
         node_key=node_key.tolist(),
+        node_title=node_title.tolist(),
         link_types=names,
         dependency_mask=sum(1 << i for i, name in enumerate(names) if link_types[name]),
+        sources=np.asarray(sources, dtype=np.int64),
+        targets=np.asarray(targets, dtype=np.int64),
     )
 
 
@@ -143,19 +162,32 @@ def analyse(
     betweenness_samples: int = 256,
     seed: int = 7,
 ) -> GraphAnalytics:
-    graph = og.graph
-    n = graph.number_of_nodes()
-    degree = np.zeros(n, dtype=np.int64)
-    for node, d in graph.degree():
-        degree[node] = d
-    component = np.full(n, -1, dtype=np.int64)
-    sizes = []
-    components = sorted(nx.weakly_connected_components(graph), key=len, reverse=True)
-    for i, members in enumerate(components):
-        component[list(members)] = i
-        sizes.append(len(members))
+    with collector_paused():
+        return _analyse(og, core_nodes, exact_betweenness_up_to, betweenness_samples, seed)
+
+
+def _analyse(
+    og: OntologyGraph,
+    core_nodes: int,
+    exact_betweenness_up_to: int,
+    betweenness_samples: int,
+    seed: int,
+) -> GraphAnalytics:
+    n = og.nodes
+    degree = np.bincount(og.sources, minlength=n) + np.bincount(og.targets, minlength=n)
+    adjacency = scipy.sparse.coo_matrix(
+        (np.ones(len(og.sources), dtype=np.int8), (og.sources, og.targets)), shape=(n, n)
+    )
+    count, labels = scipy.sparse.csgraph.connected_components(
+        adjacency, directed=True, connection="weak"
+    )
+    sizes = np.bincount(labels, minlength=count)
+    by_size = np.argsort(-sizes, kind="stable")  # component 0 is the largest
+    rank = np.empty(count, dtype=np.int64)
+    rank[by_size] = np.arange(count)
+    component = rank[labels] if n else np.zeros(0, dtype=np.int64)
     core = np.argsort(-degree, kind="stable")[: min(n, core_nodes)].tolist()
-    sub = graph.subgraph(core).to_undirected(as_view=True)
+    sub = og.graph.subgraph(core).to_undirected()  # a small copy: views would walk the hubs
     samples = None if len(core) <= exact_betweenness_up_to else betweenness_samples
     betweenness_values = nx.betweenness_centrality(sub, k=samples, seed=seed)
     communities = nx.community.louvain_communities(sub, seed=seed) if len(core) else []
@@ -186,9 +218,9 @@ def analyse(
     top = np.argsort(-degree, kind="stable")[:10].tolist()
     summary = {
         "nodes": n,
-        "edges": graph.number_of_edges(),
-        "components": len(components),
-        "largest_component": sizes[0] if sizes else 0,
+        "edges": len(og.sources),
+        "components": int(count),
+        "largest_component": int(sizes.max()) if n else 0,
         "communities": len(communities),
         "modularity": round(modularity, 4) if modularity is not None else None,
         "analytics_scope": (

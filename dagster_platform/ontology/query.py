@@ -85,6 +85,7 @@ def graph_for(
         if cached is not None and cached[0] == marker and marker is not None:
             return cached[1]
         graph = load_graph(conn, link_types)
+        graph.index()  # built once here rather than in the first question
         _cache[cache_key] = (marker, graph)
         return graph
 
@@ -113,14 +114,13 @@ class OntologyQuery:
         return node
 
     def _refs(self, nodes: list[int]) -> dict[int, ObjectRef]:
-        if not nodes:
-            return {}
-        rows = self.conn.execute(
-            f"SELECT node_id, object_type, object_key, title FROM {OBJECTS_TABLE} "
-            "WHERE node_id IN (SELECT unnest($nodes))",
-            {"nodes": nodes},
-        ).fetchall()
-        return {node: ObjectRef(t, k, title) for node, t, k, title in rows}
+        g = self.graph
+        return {
+            node: ObjectRef(
+                g.type_names[int(g.node_type[node])], g.node_key[node], g.node_title[node]
+            )
+            for node in nodes
+        }
 
     def get_object(self, object_type: str, key: str, functions: bool = True) -> dict[str, Any]:
         """The object as its backing data has it now, with its functions evaluated."""

@@ -50,8 +50,10 @@ class OntologyGraph:
     def index(self) -> dict[tuple[str, str], int]:
         """(type, key) → node id, built on first use (a second for a million objects)."""
         if self._index is None:
-            types = [self.type_names[t] for t in self.node_type.tolist()]
-            self._index = {pair: i for i, pair in enumerate(zip(types, self.node_key, strict=True))}
+            with collector_paused():
+                types = [self.type_names[t] for t in self.node_type.tolist()]
+                pairs = zip(types, self.node_key, strict=True)
+                self._index = {pair: i for i, pair in enumerate(pairs)}
         return self._index
 
     def node(self, object_type: str, key: str) -> int | None:

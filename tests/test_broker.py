@@ -136,3 +136,14 @@ def test_foreground_broker_runs_until_interrupted(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.wait(20)
     assert not broker.reachable(timeout=0.5)
+
+
+def test_the_cli_does_not_load_polars() -> None:
+    """polars installs its own SIGINT handling when imported, which keeps a foreground broker
+    from stopping on Ctrl-C; the console command must not pull it in at start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, dagster_platform.cli; print('polars' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -36,12 +36,13 @@ GROUP = "ontology"
 OWNERS = ["team:data-platform"]
 
 
+STREAM_TABLES = {t.table for family in STREAM_FAMILIES for t in family.tables} | {
+    rollup.name for rollup in ROLLUPS
+}
+
+
 def _platform_tables() -> set[str]:
-    return (
-        {spec.name for spec in SOURCES}
-        | {t.table for family in STREAM_FAMILIES for t in family.tables}
-        | {rollup.name for rollup in ROLLUPS}
-    )
+    return {spec.name for spec in SOURCES} | STREAM_TABLES
 
 
 def _backing_deps() -> list[str]:
@@ -56,10 +57,7 @@ def _backing_deps() -> list[str]:
 
 
 BACKING = _backing_deps()
-STREAMED = sorted(
-    set(BACKING)
-    & ({t.table for family in STREAM_FAMILIES for t in family.tables} | {r.name for r in ROLLUPS})
-)
+STREAMED = sorted(set(BACKING) & STREAM_TABLES)
 
 
 def _follow(streamed: list[str]) -> dg.AutomationCondition:

@@ -8,7 +8,7 @@ effect failed), so a script never mistakes a failed kill for a done one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from dagster_platform.ontology.actions import (
 from dagster_platform.ontology.loader import LoadedOntology, OntologyError, load_ontology
 from dagster_platform.ontology.roles import Roles, RolesError, load_roles
 from dagster_platform.settings import get_settings
+from dagster_platform.warehouse import open_warehouse
 
 actions_app = typer.Typer(
     help="Ontology actions: proposals that run once a person with the right role approves.",
@@ -51,15 +52,13 @@ def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.is_file():
         raise _fail(f"no warehouse at {path}: materialize the ingestion assets first")
     try:
-        conn = duckdb.connect(str(path))
-    except duckdb.IOException as exc:  # another process holds the write lock
+        with open_warehouse(path) as conn:
+            try:
+                yield conn
+            except ActionError as exc:
+                raise _fail(str(exc)) from exc
+    except duckdb.IOException as exc:  # another process kept the write lock
         raise _fail(f"cannot open the warehouse {path}: {exc}") from exc
-    try:
-        yield conn
-    except ActionError as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        conn.close()
 
 
 def _ontology() -> LoadedOntology:
@@ -164,12 +163,11 @@ def propose_command(
     typer.echo(action_id)
 
 
-@actions_app.command("approve")
-def approve_command(action_id: str, by: ById) -> None:
-    """Approve a proposed action and run it."""
+def _run(step: Callable[..., ActionStatus], action_id: str, by: str) -> None:
+    """Approve or retry: both run the effect with the configured broker and ResourceManager."""
     loaded, roles, settings = _ontology(), _roles(by), get_settings()
     with _warehouse() as conn:
-        action = approve(
+        action = step(
             conn,
             loaded,
             roles,
@@ -179,6 +177,12 @@ def approve_command(action_id: str, by: ById) -> None:
             yarn_url=settings.yarn_resource_manager_url,
         )
     _outcome(action)
+
+
+@actions_app.command("approve")
+def approve_command(action_id: str, by: ById) -> None:
+    """Approve a proposed action and run it."""
+    _run(approve, action_id, by)
 
 
 @actions_app.command("reject")
@@ -197,15 +201,4 @@ def reject_command(
 @actions_app.command("retry")
 def retry_command(action_id: str, by: ById) -> None:
     """Run an approved action again after a retryable failure (e.g. the broker was down)."""
-    loaded, roles, settings = _ontology(), _roles(by), get_settings()
-    with _warehouse() as conn:
-        action = retry(
-            conn,
-            loaded,
-            roles,
-            action_id,
-            by,
-            bootstrap_servers=settings.bootstrap_servers,
-            yarn_url=settings.yarn_resource_manager_url,
-        )
-    _outcome(action)
+    _run(retry, action_id, by)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import typer
 
 from dagster_platform.ontology.graph import Direction
 from dagster_platform.ontology.loader import OntologyError, load_ontology
-from dagster_platform.ontology.query import OntologyQuery, as_dict, parse_ref
+from dagster_platform.ontology.query import OntologyQuery, parse_ref
 from dagster_platform.ontology.versioning import version_of
 from dagster_platform.settings import get_settings
 from dagster_platform.warehouse import open_warehouse
@@ -112,7 +113,7 @@ def neighbours(
         f"{n.via}]  {n.object.title or ''}"
         for n in found
     ]
-    _print([as_dict(n) for n in found], as_json, lines)
+    _print([asdict(n) for n in found], as_json, lines)
 
 
 @ontology_app.command()
@@ -126,7 +127,7 @@ def path(
     with _query() as q:
         found = q.path(_ref(source), _ref(target), link_types=link_type)
     lines = [f"{ref}" + (f"  --{'/'.join(links)}--" if links else "") for ref, links in found]
-    _print([{"object": as_dict(r), "link_types": links} for r, links in found], as_json, lines)
+    _print([{"object": asdict(r), "link_types": links} for r, links in found], as_json, lines)
 
 
 @ontology_app.command()
@@ -135,7 +136,7 @@ def impact(ref: Annotated[str, typer.Argument(help="TYPE:KEY")], as_json: JsonOp
     with _query() as q:
         found = q.impact(*_ref(ref))
     lines = [f"{'  ' * (n.depth - 1)}{n.object}  ({', '.join(n.link_types)})" for n in found]
-    _print([as_dict(n) for n in found], as_json, lines)
+    _print([asdict(n) for n in found], as_json, lines)
 
 
 @ontology_app.command("root-cause")
@@ -153,4 +154,4 @@ def root_cause(
         + " → ".join(s.path)
         for i, s in enumerate(found, 1)
     ]
-    _print([as_dict(s) for s in found], as_json, lines)
+    _print([asdict(s) for s in found], as_json, lines)

@@ -26,7 +26,7 @@ from dagster_platform.ontology.schema import (
     ObjectType,
     Ontology,
 )
-from dagster_platform.warehouse import quote, table_exists
+from dagster_platform.warehouse import quote
 
 OBJECTS_TABLE = "ontology_objects"
 LINKS_TABLE = "ontology_links"
@@ -179,7 +179,8 @@ class ObjectsBuild:
         return bool(self.duplicate_keys or self.null_keys)
 
 
-def _typed_select(obj: ObjectType, folder: Path) -> str:
+def typed_select(obj: ObjectType, folder: Path) -> str:
+    """The backing rows as the object type's typed properties."""
     columns = ", ".join(
         f"CAST({quote(obj.column_of(p))} AS {PROPERTY_TYPES[spec.type]}) AS {quote(p)}"
         for p, spec in obj.properties.items()
@@ -230,7 +231,7 @@ def build_objects(
         for name, obj in ontology.object_types.items():
             table = quote(object_table(name))
             casting = (name, obj)
-            conn.execute(f"CREATE OR REPLACE TABLE {table} AS {_typed_select(obj, loaded.folder)}")
+            conn.execute(f"CREATE OR REPLACE TABLE {table} AS {typed_select(obj, loaded.folder)}")
             casting = None
             key = quote(obj.primary_key)
             (report.counts[name],) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
@@ -310,10 +311,6 @@ def _link_pairs(link: LinkType, ontology: Ontology, folder: Path) -> str:
     )
 
 
-def link_type_ids(ontology: Ontology) -> dict[str, int]:
-    return {name: i for i, name in enumerate(ontology.link_types)}
-
-
 @dataclass
 class LinksBuild:
     counts: dict[str, int]
@@ -343,9 +340,7 @@ def build_links(
         f"{_sql_literal(link.target)} AS target_type, target_key "
         f"FROM ({_link_pairs(link, ontology, loaded.folder)}) "
         "WHERE source_key IS NOT NULL AND target_key IS NOT NULL"
-        for (name, link), ids in zip(
-            ontology.link_types.items(), link_type_ids(ontology).values(), strict=True
-        )
+        for ids, (name, link) in enumerate(ontology.link_types.items())
     ]
     body = " UNION ALL ".join(selects) or (
         "SELECT NULL::VARCHAR AS link_type, NULL::INTEGER AS link_type_id, NULL::VARCHAR AS "
@@ -422,13 +417,6 @@ def cardinality_violations(
             if rows:
                 found.setdefault(name, []).extend(r[0] for r in rows)
     return found
-
-
-def counts_by_type(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    if not table_exists(conn, OBJECTS_TABLE):
-        return {}
-    rows = conn.execute(f"SELECT object_type, count(*) FROM {OBJECTS_TABLE} GROUP BY 1").fetchall()
-    return {name: int(n) for name, n in sorted(rows)}
 
 
 def record_build(conn: duckdb.DuckDBPyConnection, version: str, objects: int, links: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-from dagster_platform.ontology.build import relation_sql
+from dagster_platform.ontology.build import typed_select
 from dagster_platform.ontology.loader import LoadedOntology
 from dagster_platform.ontology.schema import PROPERTY_TYPES
 from dagster_platform.warehouse import quote
@@ -35,14 +35,9 @@ def read_object(
     obj = loaded.ontology.object_types.get(object_type)
     if obj is None:
         raise UnknownObjectType(object_type)
-    columns = ", ".join(
-        f"CAST({quote(obj.column_of(p))} AS {PROPERTY_TYPES[spec.type]}) AS {quote(p)}"
-        for p, spec in obj.properties.items()
-    )
-    key_column = quote(obj.column_of(obj.primary_key))
     cursor = conn.execute(
-        f"SELECT {columns} FROM {relation_sql(obj.backing, loaded.folder)} "
-        f"WHERE CAST({key_column} AS VARCHAR) = ? LIMIT 1",
+        f"SELECT * FROM ({typed_select(obj, loaded.folder)}) "
+        f"WHERE CAST({quote(obj.primary_key)} AS VARCHAR) = ? LIMIT 1",
         [key],
     )
     row = cursor.fetchone()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +262,3 @@ class OntologyQuery:
             {"nodes": nodes},
         ).fetchall()
         return {node: json.loads(text) for node, text in rows}
-
-
-def as_dict(item: Neighbour | Suspect | ObjectRef) -> dict[str, Any]:
-    return asdict(item)

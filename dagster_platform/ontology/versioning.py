@@ -147,10 +147,11 @@ def last_published(conn: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 
 
 def publish(conn: duckdb.DuckDBPyConnection, ontology: Ontology, changes: SchemaDiff) -> bool:
-    """Record the version when it differs from the last one; True when a row was written."""
-    previous = last_published(conn)
-    if previous is not None and version_of(Ontology.model_validate(previous)) == changes.version:
+    """Record the version `changes` leads to when it differs from the last one (the one
+    `changes` was taken against); True when a row was written."""
+    if changes.previous_version == changes.version:
         return False
+    ensure_versions_table(conn)
     conn.execute(
         f"INSERT INTO {VERSIONS_TABLE} (version, schema, changes) VALUES (?, ?, ?)",
         [

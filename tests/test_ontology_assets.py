@@ -155,7 +155,10 @@ def test_objects_follow_their_schema_and_backing_tables_on_their_own() -> None:
     """A new schema version, or a changed file table, requests objects, links and graph in one
     go; a table fed by Kafka is picked up on the next cron tick; else nothing is requested."""
     ontology = {"ontology_objects", "ontology_links", "ontology_graph"}
-    t0 = datetime.now(UTC)
+    # 30 s past the next 5-minute boundary: no cron tick falls in the first ticks of the test,
+    # exactly one falls between the 25 s tick and the 5 min 1 s tick, whatever the clock says.
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    t0 = now + timedelta(minutes=5 - now.minute % 5, seconds=30)
     cursor = None
 
     def tick(instance, at: datetime) -> set[str]:

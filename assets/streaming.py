@@ -31,7 +31,6 @@ def _landing_metadata(report: LandingReport, table: str, total_rows: int) -> dic
         "rows_landed": dg.MetadataValue.int(report.landed.get(table, 0)),
         "rows_dead_lettered": dg.MetadataValue.int(report.dead_lettered),
         "messages_consumed": dg.MetadataValue.int(report.consumed),
-        "duplicates_ignored": dg.MetadataValue.int(report.duplicates_ignored),
         "offset_ranges": dg.MetadataValue.json(report.to_dict()["offset_ranges"]),
         "remaining_lag": dg.MetadataValue.int(report.remaining_lag),
         "dead_letter_reasons": dg.MetadataValue.json(report.reasons),

@@ -20,6 +20,6 @@ def test_ingest_benchmark_paths_agree_on_a_small_topic(
     """The measured paths really move every event (the full run uses 200,000)."""
     topic = fresh_topic(kafka_broker.bootstrap_servers)
     produce_all(kafka_broker.bootstrap_servers, topic, metric_payloads(3_000))
-    assert consume_only(kafka_broker.bootstrap_servers, topic, 3_000) > 0
+    assert consume_only(kafka_broker.bootstrap_servers, topic, 3_000, "test-consume") > 0
     seconds, landed = landing(kafka_broker.bootstrap_servers, topic, tmp_path / "w.duckdb")
     assert landed == 3_000 and seconds > 0

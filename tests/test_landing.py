@@ -1,6 +1,7 @@
 """Landing Kafka topics into DuckDB exactly once, against the real embedded broker."""
 
 import contextlib
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -8,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import Message, Producer, TopicPartition
 
 from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.events import (
@@ -22,12 +24,13 @@ from dagster_platform.kafka.events import (
     encode,
 )
 from dagster_platform.kafka.landing import (
+    ConcurrentLanding,
     Decoder,
-    consume_ranges,
+    RangeFetch,
     consumer_for,
     land_stream,
     plan_ranges,
-    write_batch,
+    write_batches,
 )
 from dagster_platform.kafka.tables import ensure_tables, read_offsets
 from dagster_platform.kafka.topics import KafkaUnavailable, TopicSpec, ensure_topics
@@ -215,6 +218,60 @@ def test_bad_messages_are_dead_lettered_with_their_reason(
     assert_nothing_dropped(database, family)
 
 
+UNUSUAL = {
+    "pretty-printed": (msgspec.json.format(encode(metric(1)), indent=2), None),
+    "padded with spaces": (b"  " + encode(metric(1)) + b" ", None),
+    "trailing newline": (encode(metric(1)) + b"\n", None),
+    "two events in one message": (encode(metric(1)) + encode(metric(2)), "invalid_json"),
+    "two events on two lines": (encode(metric(1)) + b"\n" + encode(metric(2)), "invalid_json"),
+    "half an event": (encode(metric(1))[:40], "invalid_json"),
+    "just braces": (b"{}", "unknown_type"),
+    "whitespace": (b"   ", "invalid_json"),
+    "not UTF-8": (encode(metric(1)).replace(b"etl-prod", b"etl-\xff\xfe"), "invalid_json"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSUAL))
+def test_a_batch_decodes_as_its_messages_one_by_one(case: str) -> None:
+    """The whole-batch fast path never joins, splits or shifts messages: one unusual message
+    in a batch gives the same rows, at the same offsets, as decoding each message alone."""
+    odd, reason = UNUSUAL[case]
+    values = [encode(metric(0)), odd, encode(job(2)), encode(metric(3))]
+    records = [
+        Message(topic="t", partition=1, offset=10 + i, key=b"k", value=value)
+        for i, value in enumerate(values)
+    ]
+    batch = Decoder(RAW_EVENTS).decode(records)
+    landed = {
+        table: dict(zip(t["kafka_offset"].to_pylist(), t["payload"].to_pylist(), strict=True))
+        for table, t in batch.payloads.items()
+    }
+    expected_metrics = {10: values[0], 13: values[3]} | ({} if reason else {11: odd})
+    assert {o: json.loads(p) for o, p in landed["host_metrics"].items()} == {
+        o: json.loads(v) for o, v in expected_metrics.items()
+    }
+    assert list(landed["spark_job_events"]) == [12]
+    assert dict(batch.reasons) == ({reason: 1} if reason else {})
+    assert batch.dead_letters["kafka_offset"].to_pylist() == ([11] if reason else [])
+    assert batch.next_offsets == {1: 14}
+
+
+def test_a_clean_batch_is_decoded_whole_and_split_by_table() -> None:
+    values = [encode(metric(i)) if i % 3 else encode(job(i)) for i in range(3000)]
+    records = [
+        Message(topic="t", partition=i % 3, offset=i // 3, value=value)
+        for i, value in enumerate(values)
+    ]
+    batch = Decoder(RAW_EVENTS).decode(records)
+    assert batch.payloads["host_metrics"].num_rows == 2000
+    assert batch.payloads["spark_job_events"].num_rows == 1000
+    jobs = batch.payloads["spark_job_events"]
+    assert [json.loads(p)["event_id"] for p in jobs["payload"].to_pylist()[:2]] == ["j-0", "j-3"]
+    assert jobs["kafka_partition"].to_pylist()[:2] == [0, 0]
+    assert batch.landed_per_partition == {0: 1000, 1: 1000, 2: 1000}
+    assert batch.next_offsets == {0: 1000, 1: 1000, 2: 1000}
+
+
 def test_an_oversized_message_is_dead_lettered_not_decoded(
     kafka_broker: EmbeddedBroker, family: StreamFamily, database
 ) -> None:
@@ -247,7 +304,7 @@ def test_batches_are_bounded_and_the_next_run_continues(
     assert_nothing_dropped(database, family)
 
 
-def test_a_replay_inserts_nothing_twice(
+def test_lost_offsets_resume_after_the_last_stored_message(
     kafka_broker: EmbeddedBroker, family: StreamFamily, database
 ) -> None:
     produce(
@@ -256,13 +313,15 @@ def test_a_replay_inserts_nothing_twice(
         [encode(metric(i)) for i in range(50)] + [b"not json"],
     )
     land_stream(database, kafka_broker.bootstrap_servers, family)
-    with database() as conn:  # forget the progress, as a restored backup would
+    with database() as conn:  # forget the progress, as a hand-edited warehouse would
         conn.execute("DELETE FROM stream_offsets")
+    produce(
+        kafka_broker.bootstrap_servers, family.topic, [encode(metric(i)) for i in range(50, 60)]
+    )
     replay = land_stream(database, kafka_broker.bootstrap_servers, family)
-    assert replay.consumed == 51
-    assert replay.landed_total == 0 and replay.dead_lettered == 0
-    assert replay.duplicates_ignored == 51
-    assert count(database, "host_metrics") == 50
+    assert replay.consumed == 10 and replay.landed_total == 10
+    assert count(database, "host_metrics") == 60
+    assert rows(database, "SELECT count(DISTINCT event_id) FROM host_metrics")[0][0] == 60
     assert count(database, "dead_letter_events") == 1
 
 
@@ -275,9 +334,10 @@ def test_killed_after_the_warehouse_commit_before_the_kafka_commit(
     with database() as conn:
         ensure_tables(conn, family)
     planned = plan_ranges(consumer, family, {}, timeout=10)
-    messages, _, _ = consume_ranges(consumer, family, planned, 1000, idle_timeout=10)
+    fetch = RangeFetch(consumer, family, planned, 1000, idle_timeout=10)
+    batches = [Decoder(family).decode(records) for records in fetch]
     with database() as conn:
-        write_batch(conn, family, Decoder(family).decode(messages))
+        write_batches(conn, family, {}, batches)
     consumer.close()  # no commit_to_group
     probe = consumer_for(family, kafka_broker.bootstrap_servers)
     before = probe.committed([TopicPartition(family.topic, p) for p in range(3)], timeout=10)
@@ -291,6 +351,24 @@ def test_killed_after_the_warehouse_commit_before_the_kafka_commit(
         assert {tp.partition: tp.offset for tp in after if tp.offset >= 0} == read_offsets(
             conn, family
         )
+    assert_nothing_dropped(database, family)
+
+
+def test_a_run_overtaken_by_another_writes_nothing(
+    kafka_broker: EmbeddedBroker, family: StreamFamily, database
+) -> None:
+    produce(kafka_broker.bootstrap_servers, family.topic, [encode(metric(i)) for i in range(30)])
+    consumer = consumer_for(family, kafka_broker.bootstrap_servers)
+    with database() as conn:
+        ensure_tables(conn, family)
+        start = read_offsets(conn, family)
+    planned = plan_ranges(consumer, family, start, timeout=10)
+    batches = [Decoder(family).decode(r) for r in RangeFetch(consumer, family, planned, 1000, 10)]
+    consumer.close()
+    land_stream(database, kafka_broker.bootstrap_servers, family)  # overtakes the slow run
+    with database() as conn, pytest.raises(ConcurrentLanding, match="advanced since this run"):
+        write_batches(conn, family, start, batches)
+    assert count(database, "host_metrics") == 30
     assert_nothing_dropped(database, family)
 
 
@@ -313,7 +391,9 @@ def test_two_runs_at_once_land_each_message_once(
         thread.join(60)
     assert results, errors
     for error in errors:
-        assert "onflict" in str(error) or "lock" in str(error)
+        assert isinstance(error, ConcurrentLanding) or any(
+            word in str(error) for word in ("onflict", "lock", "constraint violation")
+        )
     land_stream(database, kafka_broker.bootstrap_servers, family)  # whatever is left
     assert count(database, "host_metrics") == 3000
     assert rows(database, "SELECT count(DISTINCT event_id) FROM host_metrics")[0][0] == 3000

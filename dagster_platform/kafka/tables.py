@@ -1,7 +1,9 @@
 """Warehouse tables for landed events, derived from the event schemas.
 
-Every landed row keeps its Kafka coordinates as the primary key, so landing the same message
-twice inserts nothing; progress per partition lives in `stream_offsets`, next to the data.
+Every landed row keeps its Kafka coordinates. Where a partition stopped is read from the rows
+themselves (and from `stream_offsets`, which also counts what was landed and dead-lettered), so
+a run resumes after the last stored message even if the offsets were lost. The coordinates
+carry no key index: it would cost as much as the insert and grow in memory with the table.
 """
 
 from __future__ import annotations
@@ -63,17 +65,17 @@ def _typed_select(table: EventTable, source: str) -> str:
 
 
 def insert_events(
-    conn: duckdb.DuckDBPyConnection, table: EventTable, topic: str, batch: pa.Table
+    conn: duckdb.DuckDBPyConnection, table: EventTable, topic: str, batch: pa.Table | None
 ) -> int:
-    """Insert validated payloads (kafka_partition, kafka_offset, payload) as typed rows whose
-    coordinates are new; return how many were inserted."""
-    if batch.num_rows == 0:
+    """Insert validated payloads (kafka_partition, kafka_offset, payload) as typed rows;
+    return how many were inserted."""
+    if batch is None or batch.num_rows == 0:
         return 0
     names = ", ".join(quote(name) for name, _ in event_columns(table))
     conn.register("_payloads", batch)
     try:
         (inserted,) = conn.execute(
-            f"INSERT OR IGNORE INTO {quote(table.table)} (kafka_topic, kafka_partition, "
+            f"INSERT INTO {quote(table.table)} (kafka_topic, kafka_partition, "
             f"kafka_offset, {names}) SELECT $topic, * FROM ({_typed_select(table, '_payloads')})",
             {"topic": topic},
         ).fetchone()
@@ -89,16 +91,14 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None
             f"CREATE TABLE IF NOT EXISTS {quote(table.table)} ("
             "kafka_topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL, "
             f"kafka_offset BIGINT NOT NULL, {columns}, "
-            "landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
-            "PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset))"
+            "landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
         )
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ("
         "kafka_topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL, "
         "kafka_offset BIGINT NOT NULL, kafka_key BLOB, kafka_timestamp TIMESTAMPTZ, "
         "reason VARCHAR NOT NULL, error VARCHAR NOT NULL, size_bytes BIGINT NOT NULL, "
-        "payload BLOB, landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
-        "PRIMARY KEY (kafka_topic, kafka_partition, kafka_offset))"
+        "payload BLOB, landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
     )
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} ("
@@ -117,24 +117,31 @@ def ensure_all_tables(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def read_offsets(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> dict[int, int]:
-    """Partition → the next offset to land, as the warehouse recorded it."""
+    """Partition → the next offset to land: past the last message stored, or past what
+    `stream_offsets` recorded, whichever is further."""
+    stored = " UNION ALL ".join(
+        f"SELECT kafka_partition, max(kafka_offset) + 1 AS next_offset FROM {quote(t)} "
+        "WHERE kafka_topic = $topic GROUP BY 1"
+        for t in [*(table.table for table in family.tables), DEAD_LETTER_TABLE]
+    )
     rows = conn.execute(
+        f"SELECT kafka_partition, max(next_offset) FROM ({stored} UNION ALL "
         f"SELECT kafka_partition, next_offset FROM {OFFSETS_TABLE} "
-        "WHERE consumer_group = ? AND kafka_topic = ?",
-        [family.consumer_group, family.topic],
+        "WHERE consumer_group = $group AND kafka_topic = $topic) GROUP BY 1",
+        {"topic": family.topic, "group": family.consumer_group},
     ).fetchall()
     return {int(partition): int(offset) for partition, offset in rows}
 
 
-def insert_ignoring_duplicates(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table) -> int:
-    """Insert the rows whose coordinates are new; return how many were inserted."""
-    if batch.num_rows == 0:
+def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table | None) -> int:
+    """Insert an Arrow table's rows by column name; return how many were inserted."""
+    if batch is None or batch.num_rows == 0:
         return 0
     conn.register("_batch", batch)
     try:
         columns = ", ".join(quote(name) for name in batch.column_names)
         (inserted,) = conn.execute(
-            f"INSERT OR IGNORE INTO {quote(table)} ({columns}) SELECT {columns} FROM _batch"
+            f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM _batch"
         ).fetchone()
     finally:
         conn.unregister("_batch")

@@ -1,0 +1,1 @@
+"""Knowledge base: documents, chunking, lexical and vector retrieval."""

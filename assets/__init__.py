@@ -3,9 +3,17 @@
 import dagster as dg
 
 from assets.ingestion import file_assets
+from assets.knowledge import knowledge_assets
 from assets.ontology import ontology_assets
 from assets.streaming import dead_letter_events, landing_assets, rollup_assets
 
 defs = dg.Definitions(
-    assets=[*file_assets, *landing_assets, dead_letter_events, *rollup_assets, *ontology_assets]
+    assets=[
+        *file_assets,
+        *landing_assets,
+        dead_letter_events,
+        *rollup_assets,
+        *ontology_assets,
+        *knowledge_assets,
+    ]
 )

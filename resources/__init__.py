@@ -4,13 +4,16 @@ import dagster as dg
 
 from resources.data_folder import DataFolderResource
 from resources.kafka import KafkaResource
+from resources.knowledge import VECTOR_STORE_POOL, KnowledgeResource
 from resources.ontology import OntologyResource
 from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
 __all__ = [
+    "VECTOR_STORE_POOL",
     "WAREHOUSE_POOL",
     "DataFolderResource",
     "KafkaResource",
+    "KnowledgeResource",
     "OntologyResource",
     "WarehouseResource",
     "defs",
@@ -22,5 +25,6 @@ defs = dg.Definitions(
         "data_folder": DataFolderResource(),
         "kafka": KafkaResource(),
         "ontology": OntologyResource(),
+        "knowledge": KnowledgeResource(),
     }
 )

@@ -50,6 +50,9 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "DAGSTER_PLATFORM_ONTOLOGY",
         "DAGSTER_PLATFORM_ROLES",
         "YARN_RESOURCE_MANAGER_URL",
+        "CHROMA_HOST",
+        "EMBEDDING_MODEL",
+        "MLFLOW_TRACKING_URI",
     ):
         monkeypatch.delenv(name, raising=False)
     return state

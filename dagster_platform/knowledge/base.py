@@ -1,0 +1,57 @@
+"""The knowledge base as the agents see it: chunks from the warehouse, their vectors in chroma,
+and a BM25 index saved in the state folder, all three for the same chunk set.
+
+The BM25 index is saved with the fingerprint of the chunks it was built from, so a process that
+opens the knowledge base loads it when it is current and rebuilds it (in seconds) when not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from dagster_platform.knowledge.documents import Chunk
+from dagster_platform.knowledge.embeddings import Embedder
+from dagster_platform.knowledge.lexical import LexicalIndex, LexicalIndexError
+from dagster_platform.knowledge.retriever import HybridRetriever
+from dagster_platform.knowledge.vector_store import ChunkStore
+
+FINGERPRINT_FILE = "chunks.sha256"
+
+
+def fingerprint(chunks: Sequence[Chunk]) -> str:
+    """Content hash of a chunk set: ids and content hashes, in id order."""
+    digest = hashlib.sha256()
+    for chunk in sorted(chunks, key=lambda c: c.chunk_id):
+        digest.update(f"{chunk.chunk_id}\0{chunk.content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def lexical_index(chunks: Sequence[Chunk], folder: Path) -> tuple[LexicalIndex, bool]:
+    """The saved index when it was built from these chunks, else a new one saved in its place;
+    True when it was (re)built."""
+    wanted = fingerprint(chunks)
+    marker = folder / FINGERPRINT_FILE
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == wanted:
+        try:
+            return LexicalIndex.load(folder), False
+        except LexicalIndexError:
+            pass  # rebuilt below
+    index = LexicalIndex.build([c.chunk_id for c in chunks], [c.text for c in chunks])
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)  # never a fingerprint beside a half-saved index
+    index.save(folder)
+    marker.write_text(wanted, encoding="utf-8")
+    return index, True
+
+
+def open_retriever(
+    chunks: Sequence[Chunk], store: ChunkStore, embedder: Embedder, lexical_folder: Path
+) -> HybridRetriever:
+    index, _ = lexical_index(chunks, lexical_folder)
+
+    def vector_search(query: str, k: int, where: dict | None) -> list[tuple[str, float]]:
+        return store.query(embedder.encode([query])[0], k, where)
+
+    return HybridRetriever(chunks, index, vector_search)

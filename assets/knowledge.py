@@ -41,6 +41,12 @@ from resources import (
 GROUP = "knowledge"
 OWNERS = ["team:ml-platform"]
 FOLLOW = dg.AutomationCondition.eager()
+# the ontology is rebuilt on every cron tick; the chunks it yields rarely change, so what
+# follows the chunks waits for a new data version (the chunk set's fingerprint)
+FOLLOW_CHANGES = dg.AutomationCondition.eager().replace(
+    "any_deps_updated",
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()),
+)
 
 
 def _rejections_md(chunks: ChunkSet) -> dg.MetadataValue:
@@ -101,7 +107,7 @@ def document_chunks(
     owners=OWNERS,
     pool=VECTOR_STORE_POOL,
     deps=[document_chunks],
-    automation_condition=FOLLOW,
+    automation_condition=FOLLOW_CHANGES,
     check_specs=[
         dg.AssetCheckSpec(
             "store_matches_chunks",
@@ -183,7 +189,7 @@ def chunk_embeddings(
     owners=OWNERS,
     pool=VECTOR_STORE_POOL,
     deps=[chunk_embeddings, "golden_questions"],
-    automation_condition=FOLLOW,
+    automation_condition=FOLLOW_CHANGES,
     check_specs=[
         dg.AssetCheckSpec(
             "hybrid_not_worse",

@@ -17,6 +17,7 @@ import typer
 from dagster_platform.actions_cli import actions_app
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
+from dagster_platform.knowledge_cli import knowledge_app
 from dagster_platform.logs import configure_cli_logging
 from dagster_platform.ontology_cli import ontology_app
 from dagster_platform.settings import REPO_ROOT, Settings, get_settings
@@ -28,6 +29,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(models_app, name="models")
 app.add_typer(ontology_app, name="ontology")
 app.add_typer(actions_app, name="actions")
+app.add_typer(knowledge_app, name="knowledge")
 
 
 @app.callback()

@@ -4,6 +4,7 @@ corrupted store, a missing model, and retrieval measured on the golden questions
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import dagster as dg
 import duckdb
 import mlflow
 import pytest
+from typer.testing import CliRunner
 
 from assets.knowledge import knowledge_assets
 from assets.ontology import ontology_assets
+from dagster_platform.cli import app
+from dagster_platform.definitions import defs
 from dagster_platform.knowledge.documents import Chunk
 from dagster_platform.knowledge.evaluation import (
     GoldenQuestion,
@@ -156,3 +160,54 @@ def test_scores_are_judged_per_document() -> None:
     assert overall.hits == {1: 0.0, 3: 0.5, 5: 0.5} and overall.mrr == 0.25
     assert score_of(scores, "hybrid", "language=ko").mrr == 0.5
     assert "| hybrid | overall | 2 | 0.000 | 0.500 | 0.500 | 0.250 |" in markdown_table(scores)
+
+
+def test_embeddings_follow_new_chunks_not_every_rebuild() -> None:
+    """The ontology is rebuilt every few minutes; embeddings and the evaluation follow only
+    when the chunk set's fingerprint (its data version) changes."""
+    cursor = None
+
+    def tick(instance: dg.DagsterInstance) -> set[str]:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        cursor = result.cursor
+        return {
+            k
+            for k in ("chunk_embeddings", "retrieval_eval")
+            if result.get_num_requested(dg.AssetKey(k))
+        }
+
+    def chunks_built(version: str) -> None:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("document_chunks", tags={"dagster/data_version": version})
+        )
+
+    with dg.instance_for_test() as instance:
+        for key in ("golden_questions", "chunk_embeddings", "retrieval_eval"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
+        chunks_built("v1")
+        tick(instance)
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("chunk_embeddings", tags={"dagster/data_version": "e1"})
+        )
+        instance.report_runless_asset_event(dg.AssetMaterialization("retrieval_eval"))
+        tick(instance)
+        chunks_built("v1")
+        assert tick(instance) == set()
+        chunks_built("v2")
+        assert "chunk_embeddings" in tick(instance)
+
+
+def test_the_cli_searches_what_the_assets_built(built: Path, state_dir: Path) -> None:
+    shutil.copyfile(built, state_dir / "warehouse.duckdb")
+    runner = CliRunner()
+    question = "NameNode가 safe mode에서 안 빠져나올 때 어떻게 해?"
+    result = runner.invoke(app, ["knowledge", "search", question, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "rb-hdfs-namenode-safemode" in [row["doc_id"] for row in json.loads(result.output)]
+    incidents = runner.invoke(
+        app, ["knowledge", "search", question, "--source", "incident", "--json"]
+    )
+    assert {row["source"] for row in json.loads(incidents.output)} == {"incident"}
+    wrong = runner.invoke(app, ["knowledge", "search", question, "--mode", "magic"])
+    assert wrong.exit_code == 1 and "unknown mode 'magic'" in wrong.output

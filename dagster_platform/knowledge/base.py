@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from dagster_platform.knowledge.documents import Chunk
 from dagster_platform.knowledge.embeddings import Embedder
@@ -51,7 +54,11 @@ def open_retriever(
 ) -> HybridRetriever:
     index, _ = lexical_index(chunks, lexical_folder)
 
+    @lru_cache(maxsize=1)  # a filtered search may ask twice for the same question
+    def embedded(query: str) -> np.ndarray:
+        return embedder.encode([query])[0]
+
     def vector_search(query: str, k: int, where: dict | None) -> list[tuple[str, float]]:
-        return store.query(embedder.encode([query])[0], k, where)
+        return store.query(embedded(query), k, where)
 
     return HybridRetriever(chunks, index, vector_search)

@@ -134,9 +134,12 @@ class ChunkStore:
         if duplicates := {id_ for id_, n in Counter(ids).items() if n > 1}:
             raise ValueError(f"duplicate record ids: {_examples(duplicates)}")
         stored = self.stored()
-        to_embed = [
-            r for r in records if stored.get(r.id, {}).get("content_hash") != r.content_hash
-        ]
+        # by length, as sentence-transformers orders one call: batches of like-sized texts
+        # waste no time on padding, whatever order the records came in
+        to_embed = sorted(
+            (r for r in records if stored.get(r.id, {}).get("content_hash") != r.content_hash),
+            key=lambda r: len(r.text),
+        )
         embedded_ids = {r.id for r in to_embed}
         relabel = [
             r for r in records if r.id not in embedded_ids and stored[r.id] != r.chroma_metadata()

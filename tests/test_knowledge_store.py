@@ -327,5 +327,5 @@ def test_chroma_server_is_used_when_a_host_is_set(chroma_server: str) -> None:
     assert note is None
     assert store.sync(RECORDS, random_unit_vectors).added == 12
     assert store.verify({r.id for r in RECORDS}, 384) == []
-    vector = random_unit_vectors(["x"] * 12)[3]
+    (vector,) = store.collection.get(ids=["chunk-03"], include=["embeddings"])["embeddings"]
     assert store.query(vector, 1) == [("chunk-03", pytest.approx(1.0, abs=1e-4))]

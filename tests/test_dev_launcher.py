@@ -94,7 +94,7 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
         )
         groups = {node["assetKey"]["path"][-1]: node["groupName"] for node in nodes}
         assert {spec.name for spec in SOURCES} <= set(groups)
-        assert set(groups.values()) == {"ingestion", "ontology"}
+        assert set(groups.values()) == {"ingestion", "ontology", "knowledge"}
         expected = {spec.name for spec in SOURCES}
         warehouse = state / "warehouse.duckdb"
         wait_for(
@@ -124,6 +124,10 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
             "ontology_graph_metrics",
         }
         wait_for(lambda: non_empty(warehouse, built), 180, "the ontology to build")
+        # and the knowledge base chunks runbooks, incidents and the new objects on its own
+        wait_for(
+            lambda: non_empty(warehouse, {"document_chunks"}), 180, "the knowledge base to chunk"
+        )
         assert (state / "dagster_home" / "dagster.yaml").is_file()
     finally:
         process.send_signal(signal.SIGTERM)

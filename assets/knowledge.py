@@ -13,7 +13,12 @@ import dagster as dg
 import polars as pl
 
 from dagster_platform.ingestion.report import markdown_table
-from dagster_platform.knowledge.base import fingerprint, lexical_index, open_retriever
+from dagster_platform.knowledge.base import (
+    fingerprint,
+    lexical_index,
+    open_retriever,
+    store_records,
+)
 from dagster_platform.knowledge.documents import ChunkSet, build_chunks, read_chunks, write_chunks
 from dagster_platform.knowledge.evaluation import (
     evaluate,
@@ -27,7 +32,6 @@ from dagster_platform.knowledge.evaluation import (
 from dagster_platform.knowledge.lexical import LexicalIndex
 from dagster_platform.knowledge.retriever import MODES, HybridRetriever
 from dagster_platform.knowledge.tokens import whitespace_tokenize
-from dagster_platform.knowledge.vector_store import StoreRecord
 from dagster_platform.settings import get_settings
 from dagster_platform.tracking import log_run
 from resources import (
@@ -127,21 +131,7 @@ def chunk_embeddings(
     with warehouse.get_connection() as conn:
         chunks = read_chunks(conn)
     embedder = knowledge.embedder()
-    records = [
-        StoreRecord(
-            c.chunk_id,
-            c.text,
-            {
-                "doc_id": c.doc_id,
-                "source": c.source,
-                "object_type": c.object_type,
-                "object_key": c.object_key,
-                "cluster_id": c.cluster_id,
-            },
-            c.content_hash,
-        )
-        for c in chunks
-    ]
+    records = store_records(chunks)
     with knowledge.store() as (store, rebuilt):
         if rebuilt:
             context.log.warning(rebuilt)

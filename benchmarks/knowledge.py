@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine
-from dagster_platform.knowledge.base import lexical_index, open_retriever
+from dagster_platform.knowledge.base import lexical_index, open_retriever, store_records
 from dagster_platform.knowledge.documents import Chunk, build_chunks
 from dagster_platform.knowledge.embeddings import Embedder, EmbeddingModelError
 from dagster_platform.knowledge.evaluation import evaluate, load_golden, score_of
 from dagster_platform.knowledge.retriever import MODES, Filters
-from dagster_platform.knowledge.vector_store import StoreRecord, open_store
+from dagster_platform.knowledge.vector_store import open_store
 from dagster_platform.settings import get_settings
 
 EMBED_TEXTS = 400
@@ -36,18 +36,6 @@ ROUNDS = 3
 STORE_CHUNKS = 100_000
 QUERIES = 200
 CHANGED_SHARE = 0.01
-
-
-def _records(chunks: list[Chunk]) -> list[StoreRecord]:
-    return [
-        StoreRecord(
-            c.chunk_id,
-            c.text,
-            {"doc_id": c.doc_id, "source": c.source, "cluster_id": c.cluster_id},
-            c.content_hash,
-        )
-        for c in chunks
-    ]
 
 
 def _variant(chunk: Chunk, n: int, suffix: str = "") -> Chunk:
@@ -85,7 +73,7 @@ def embedding(embedder: Embedder, chunks: list[Chunk], folder: Path) -> dict[str
         store, _ = open_store(folder / f"chroma-{round_}", None)
         try:
             started = time.perf_counter()
-            full_report = store.sync(_records(chunks), embedder.encode)
+            full_report = store.sync(store_records(chunks), embedder.encode)
             full_rounds.append(time.perf_counter() - started)
             if round_ == ROUNDS - 1:
                 step = round(1 / CHANGED_SHARE)
@@ -93,7 +81,7 @@ def embedding(embedder: Embedder, chunks: list[Chunk], folder: Path) -> dict[str
                     _variant(c, i, " edited") if i % step == 0 else c for i, c in enumerate(chunks)
                 ]
                 started = time.perf_counter()
-                report = store.sync(_records(changed), embedder.encode)
+                report = store.sync(store_records(changed), embedder.encode)
                 incremental = time.perf_counter() - started
         finally:
             store.close()
@@ -153,7 +141,7 @@ def latency(
     store, _ = open_store(folder / "chroma-large", None)
     try:
         started = time.perf_counter()
-        store.sync(_records(synthetic), random_unit, batch_size=5_000)
+        store.sync(store_records(synthetic), random_unit, batch_size=5_000)
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
         lexical_index(synthetic, folder / "bm25-large")
@@ -197,7 +185,7 @@ def quality(embedder: Embedder, chunks: list[Chunk], folder: Path) -> dict[str, 
     """hit@5 and MRR of each mode on the golden questions over the real sample chunks."""
     store, _ = open_store(folder / "chroma-sample", None)
     try:
-        store.sync(_records(chunks), embedder.encode)
+        store.sync(store_records(chunks), embedder.encode)
         retriever = open_retriever(chunks, store, embedder, folder / "bm25-sample")
         questions = load_golden(get_settings().data_dir / "golden_questions.jsonl")
         scores = evaluate(

@@ -18,7 +18,7 @@ from dagster_platform.knowledge.documents import Chunk
 from dagster_platform.knowledge.embeddings import Embedder
 from dagster_platform.knowledge.lexical import LexicalIndex, LexicalIndexError
 from dagster_platform.knowledge.retriever import HybridRetriever
-from dagster_platform.knowledge.vector_store import ChunkStore
+from dagster_platform.knowledge.vector_store import ChunkStore, StoreRecord
 
 FINGERPRINT_FILE = "chunks.sha256"
 
@@ -29,6 +29,25 @@ def fingerprint(chunks: Sequence[Chunk]) -> str:
     for chunk in sorted(chunks, key=lambda c: c.chunk_id):
         digest.update(f"{chunk.chunk_id}\0{chunk.content_hash}\n".encode())
     return digest.hexdigest()
+
+
+def store_records(chunks: Sequence[Chunk]) -> list[StoreRecord]:
+    """The chunks as vector-store records, with the metadata the retriever filters on."""
+    return [
+        StoreRecord(
+            c.chunk_id,
+            c.text,
+            {
+                "doc_id": c.doc_id,
+                "source": c.source,
+                "object_type": c.object_type,
+                "object_key": c.object_key,
+                "cluster_id": c.cluster_id,
+            },
+            c.content_hash,
+        )
+        for c in chunks
+    ]
 
 
 def lexical_index(chunks: Sequence[Chunk], folder: Path) -> tuple[LexicalIndex, bool]:

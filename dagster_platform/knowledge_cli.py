@@ -28,33 +28,16 @@ def search(
     """The best chunks for QUERY, with where each comes from (materialize the knowledge group
     first)."""
     # heavy imports (torch, chroma) only when searching, never for `--help`
-    from dagster_platform.knowledge.base import open_retriever
-    from dagster_platform.knowledge.documents import read_chunks
-    from dagster_platform.knowledge.embeddings import Embedder, EmbeddingModelError
+    from dagster_platform.knowledge.base import KnowledgeUnavailable, open_knowledge
     from dagster_platform.knowledge.retriever import MODES, Filters
-    from dagster_platform.knowledge.vector_store import open_store
-    from dagster_platform.warehouse import open_warehouse
 
     if mode not in MODES:
         raise _fail(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
-    settings = get_settings()
-    if not settings.warehouse_path.exists():
-        raise _fail(f"no warehouse at {settings.warehouse_path}: run `make run` first")
-    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
-        chunks = read_chunks(conn)
-    if not chunks:
-        raise _fail("the knowledge base is empty: materialize the `knowledge` group first")
     try:
-        embedder = Embedder.from_name(settings.embedding_model, settings.models_dir)
-    except EmbeddingModelError as exc:
+        retriever, store = open_knowledge(get_settings())
+    except KnowledgeUnavailable as exc:
         raise _fail(str(exc)) from None
-    host = settings.chroma_host
-    store, rebuilt = open_store(None if host else settings.state_dir / "chroma", host)
     try:
-        if rebuilt:
-            raise _fail(f"{rebuilt}; materialize chunk_embeddings to fill it again")
-        folder = settings.state_dir / "knowledge" / "bm25"
-        retriever = open_retriever(chunks, store, embedder, folder)
         hits = retriever.search(query, k, Filters(source=source, cluster_id=cluster), mode)  # type: ignore[arg-type]
     finally:
         store.close()

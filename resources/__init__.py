@@ -5,6 +5,7 @@ import dagster as dg
 from resources.data_folder import DataFolderResource
 from resources.kafka import KafkaResource
 from resources.knowledge import VECTOR_STORE_POOL, KnowledgeResource
+from resources.llm import LLMResource
 from resources.ontology import OntologyResource
 from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
@@ -14,6 +15,7 @@ __all__ = [
     "DataFolderResource",
     "KafkaResource",
     "KnowledgeResource",
+    "LLMResource",
     "OntologyResource",
     "WarehouseResource",
     "defs",
@@ -26,5 +28,6 @@ defs = dg.Definitions(
         "kafka": KafkaResource(),
         "ontology": OntologyResource(),
         "knowledge": KnowledgeResource(),
+        "llm": LLMResource(),
     }
 )

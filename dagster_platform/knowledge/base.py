@@ -19,6 +19,7 @@ from dagster_platform.knowledge.embeddings import Embedder
 from dagster_platform.knowledge.lexical import LexicalIndex, LexicalIndexError
 from dagster_platform.knowledge.retriever import HybridRetriever
 from dagster_platform.knowledge.vector_store import ChunkStore, StoreRecord
+from dagster_platform.settings import Settings
 
 FINGERPRINT_FILE = "chunks.sha256"
 
@@ -81,3 +82,38 @@ def open_retriever(
         return store.query(embedded(query), k, where)
 
     return HybridRetriever(chunks, index, vector_search)
+
+
+class KnowledgeUnavailable(RuntimeError):
+    """The knowledge base cannot be searched yet; the message says what to materialize."""
+
+
+def open_knowledge(
+    settings: Settings, embedder: Embedder | None = None
+) -> tuple[HybridRetriever, ChunkStore]:
+    """The hybrid retriever over what the knowledge assets materialized, and the store to close
+    when done (the CLI and the agents open it the same way)."""
+    from dagster_platform.knowledge.documents import read_chunks
+    from dagster_platform.knowledge.embeddings import EmbeddingModelError
+    from dagster_platform.knowledge.vector_store import open_store
+    from dagster_platform.warehouse import open_warehouse
+
+    if not settings.warehouse_path.exists():
+        raise KnowledgeUnavailable(f"no warehouse at {settings.warehouse_path}: run `make run`")
+    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+        chunks = read_chunks(conn)
+    if not chunks:
+        raise KnowledgeUnavailable(
+            "the knowledge base is empty: materialize the `knowledge` group first"
+        )
+    try:
+        embedder = embedder or Embedder.from_name(settings.embedding_model, settings.models_dir)
+    except EmbeddingModelError as exc:
+        raise KnowledgeUnavailable(str(exc)) from exc
+    host = settings.chroma_host
+    store, rebuilt = open_store(None if host else settings.state_dir / "chroma", host)
+    if rebuilt:
+        store.close()
+        raise KnowledgeUnavailable(f"{rebuilt}; materialize chunk_embeddings to fill it again")
+    folder = settings.state_dir / "knowledge" / "bm25"
+    return open_retriever(chunks, store, embedder, folder), store

@@ -8,8 +8,6 @@ model loads on first use, once per process. Fields left unset follow the environ
 
 from __future__ import annotations
 
-from typing import Literal
-
 import dagster as dg
 from pydantic import Field
 
@@ -21,8 +19,9 @@ from dagster_platform.settings import get_settings
 class LLMResource(dg.ConfigurableResource):
     """Which backend and model answer, and how hard to try before failing fast."""
 
-    backend: Literal["transformers", "vllm-server", "vllm-engine"] | None = Field(
-        default=None, description="Overrides LLM_BACKEND."
+    backend: str | None = Field(
+        default=None,
+        description="Overrides LLM_BACKEND: transformers, vllm-server or vllm-engine.",
     )
     base_model: str | None = Field(default=None, description="Overrides BASE_MODEL.")
     vllm_base_url: str | None = Field(default=None, description="Overrides VLLM_BASE_URL.")

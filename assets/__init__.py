@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.agents import agent_assets
 from assets.ingestion import file_assets
 from assets.knowledge import knowledge_assets
 from assets.ontology import ontology_assets
@@ -15,5 +16,6 @@ defs = dg.Definitions(
         *rollup_assets,
         *ontology_assets,
         *knowledge_assets,
+        *agent_assets,
     ]
 )

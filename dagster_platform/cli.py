@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dagster_platform.actions_cli import actions_app
+from dagster_platform.agents_cli import ask
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
 from dagster_platform.knowledge_cli import knowledge_app
@@ -30,6 +31,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(ontology_app, name="ontology")
 app.add_typer(actions_app, name="actions")
 app.add_typer(knowledge_app, name="knowledge")
+app.command("ask")(ask)
 
 
 @app.callback()

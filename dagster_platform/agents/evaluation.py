@@ -1,0 +1,155 @@
+"""The agents measured on the golden questions: routing, tool calls, grounding, latency.
+
+- Routing accuracy: the chosen route equals the expected one.
+- Tool-call accuracy: the tools called equal the expected set (a question without expected
+  tools is not counted).
+- Grounding: the share of expected facts that are in the answer *and* in the evidence the
+  tools returned (facts and retrieved passages): present but unsupported does not count.
+The seed scenario's questions run in one session, in step order, as a person would ask them;
+every other question gets its own session.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster_platform.agents.assistant import Answer, Assistant
+
+
+@dataclass(frozen=True)
+class AgentCase:
+    question_id: str
+    question: str
+    language: str
+    route: str
+    expected_facts: tuple[str, ...]
+    expected_tools: tuple[str, ...]
+    scenario_step: int | None
+
+
+def load_cases(path: Path) -> list[AgentCase]:
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            cases.append(
+                AgentCase(
+                    record["question_id"],
+                    record["question"],
+                    record.get("language", "unknown"),
+                    record["route"],
+                    tuple(record.get("expected_facts") or ()),
+                    tuple(record.get("expected_tools") or ()),
+                    record.get("scenario_step"),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: not a golden question: {exc}") from exc
+    return cases
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: AgentCase
+    route: str
+    tools: tuple[str, ...]
+    facts_present: int
+    facts_supported: int
+    latency_ms: float
+    answer: str
+
+    @property
+    def route_ok(self) -> bool:
+        return self.route == self.case.route
+
+    @property
+    def tools_ok(self) -> bool | None:
+        if not self.case.expected_tools:
+            return None
+        return set(self.tools) == set(self.case.expected_tools)
+
+    @property
+    def grounding(self) -> float | None:
+        if not self.case.expected_facts:
+            return None
+        return self.facts_supported / len(self.case.expected_facts)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def score(case: AgentCase, answer: Answer) -> CaseResult:
+    record = answer.interaction
+    text = _normal(answer.text)
+    evidence = _normal(
+        "\n".join(
+            [fact for result in answer.results for fact in result.facts]
+            + [context["text"] for context in record.contexts]
+        )
+    )
+    present = [f for f in case.expected_facts if _normal(f) in text]
+    supported = [f for f in present if _normal(f) in evidence]
+    return CaseResult(
+        case,
+        record.route or "",
+        tuple(call["tool"] for call in record.tool_calls),
+        len(present),
+        len(supported),
+        record.latency_ms or 0.0,
+        answer.text,
+    )
+
+
+def run_cases(assistant: Assistant, cases: Sequence[AgentCase]) -> list[CaseResult]:
+    scenario = sorted((c for c in cases if c.scenario_step), key=lambda c: c.scenario_step or 0)
+    results = [score(c, assistant.ask(c.question, "golden-seed-scenario")) for c in scenario]
+    for case in cases:
+        if not case.scenario_step:
+            results.append(score(case, assistant.ask(case.question, f"golden-{case.question_id}")))
+    return results
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(statistics.fmean(values), 4) if values else 0.0
+
+
+def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
+    latencies = sorted(r.latency_ms for r in results)
+    tool_scored = [r.tools_ok for r in results if r.tools_ok is not None]
+    grounded = [r.grounding for r in results if r.grounding is not None]
+    seed = [r for r in results if r.case.scenario_step]
+    return {
+        "questions": len(results),
+        "routing_accuracy": _mean([float(r.route_ok) for r in results]),
+        "routing_seed_correct": sum(r.route_ok for r in seed),
+        "tool_call_accuracy": _mean([float(ok) for ok in tool_scored]),
+        "tool_call_questions": len(tool_scored),
+        "grounding": _mean(grounded),
+        "latency_p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
+        "latency_p95_ms": round(latencies[max(0, int(0.95 * len(latencies)) - 1)], 1)
+        if latencies
+        else 0.0,
+    }
+
+
+def markdown_table(results: Sequence[CaseResult]) -> str:
+    rows = [
+        "| question | expected route | route | tools | grounding | ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        grounding = "-" if r.grounding is None else f"{r.grounding:.2f}"
+        mark = "" if r.route_ok else " ✗"
+        rows.append(
+            f"| {r.case.question_id} | {r.case.route} | {r.route}{mark} | "
+            f"{', '.join(r.tools) or '-'} | {grounding} | {r.latency_ms:.0f} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,45 @@
+"""One incident report per alert: the `new_alerts` sensor follows `ops-alerts` in Kafka
+(never the warehouse), adds a dynamic partition per alert id and requests its report."""
+
+import dagster as dg
+
+from assets.agents import ALERT_PARTITIONS
+from dagster_platform.kafka.alert_follower import AlertFollower
+from dagster_platform.kafka.topics import KafkaUnavailable
+from dagster_platform.settings import get_settings
+
+incident_reports_job = dg.define_asset_job(
+    "incident_reports_job", selection=["incident_reports"], partitions_def=ALERT_PARTITIONS
+)
+
+
+@dg.sensor(
+    job=incident_reports_job,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds an `alerts` partition per new alert on ops-alerts and requests its "
+    "root-cause report (each alert once: the run key is the alert id).",
+)
+def new_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    settings = get_settings()
+    follower = AlertFollower(settings.bootstrap_servers)
+    try:
+        try:
+            alerts = follower.poll()
+        except KafkaUnavailable as exc:
+            return dg.SkipReason(f"broker unreachable: {exc}")
+        ids = list(dict.fromkeys(a.alert_id for a in alerts))
+        known = set(context.instance.get_dynamic_partitions(ALERT_PARTITIONS.name))
+        new = [alert_id for alert_id in ids if alert_id not in known]
+        follower.commit()
+    finally:
+        follower.close()
+    if not ids:
+        return dg.SkipReason("no new alerts")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"incident-report:{alert_id}", partition_key=alert_id)
+            for alert_id in new
+        ],
+        dynamic_partitions_requests=[ALERT_PARTITIONS.build_add_request(new)] if new else [],
+    )

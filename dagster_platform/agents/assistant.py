@@ -18,7 +18,7 @@ from typing import Any
 
 from dagster_platform.agents import interactions
 from dagster_platform.agents.classifier import RouteClassifier, load_routes
-from dagster_platform.agents.entities import EntityLinker
+from dagster_platform.agents.entities import Entities, EntityLinker
 from dagster_platform.agents.interactions import Interaction
 from dagster_platform.agents.planner import (
     AGENT_TOOLS,
@@ -39,7 +39,7 @@ from dagster_platform.warehouse import open_warehouse, table_exists
 log = get_logger(__name__)
 
 MAX_QUESTION_CHARS = 2000
-PASSAGE_CHARS = 700
+PASSAGE_CHARS = 1200  # a whole chunk: the command an operator needs may sit at its end
 NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 
 
@@ -222,13 +222,13 @@ class Assistant:
             if self.llm.warning:
                 llm_errors.append(self.llm.warning)
 
-        decision = self.router.route(question)
+        turn = self._turn(question, session_id)
+        decision = names_spark_work(turn.entities, self.router.route(question))
         if decision.source != "llm" and decision.reason.startswith("LLM unavailable"):
             llm_errors.append(decision.reason)
         record.route, record.route_source = decision.route, decision.source
         record.route_detail = decision.to_dict()
-
-        turn = self._turn(decision.route, question, session_id)
+        turn.route = decision.route
         results = self._run_tools(turn, record)
 
         summary, notes = self._summary(question, results, llm_errors)
@@ -265,7 +265,7 @@ class Assistant:
         )
         return Answer(record, record.answer, decision, results)
 
-    def _turn(self, route: str, question: str, session_id: str) -> Turn:
+    def _turn(self, question: str, session_id: str) -> Turn:
         linker = EntityLinker.from_warehouse(self.settings)
         history: list[list[str]] = []
         if self.settings.warehouse_path.exists():
@@ -273,7 +273,7 @@ class Assistant:
                 if table_exists(conn, interactions.TABLE):
                     history = interactions.session_subjects(conn, session_id)
         return Turn(
-            route,
+            "",
             question,
             linker.link(question),
             history=history,
@@ -344,6 +344,23 @@ class Assistant:
     def _save(self, record: Interaction) -> None:
         with open_warehouse(self.settings.warehouse_path) as conn:
             interactions.record(conn, record)
+
+
+def names_spark_work(entities: Entities, decision: RouteDecision) -> RouteDecision:
+    """A question that names a Spark application, job, queue or user (and no host) is about
+    Spark work: the data agent takes it unless the router's evidence was decisive."""
+    spark = entities.applications or entities.job_names or entities.queues or entities.users
+    if decision.route == "data" or not spark or entities.hosts or decision.classification.decisive:
+        return decision
+    named = (entities.applications + entities.job_names + entities.queues + entities.users)[0]
+    return RouteDecision(
+        "data",
+        "entities",
+        decision.classification,
+        decision.llm_label,
+        decision.llm_probabilities,
+        reason=f"names Spark work ({named}); the router said {decision.route}",
+    )
 
 
 def _problem_with(question: str) -> str | None:

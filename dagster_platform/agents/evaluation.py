@@ -1,8 +1,8 @@
 """The agents measured on the golden questions: routing, tool calls, grounding, latency.
 
 - Routing accuracy: the chosen route equals the expected one.
-- Tool-call accuracy: the tools called equal the expected set (a question without expected
-  tools is not counted).
+- Tool-call accuracy: every expected tool was called (a question without expected tools is
+  not counted); tool-call precision: the share of the calls made that were expected.
 - Grounding: the share of expected facts that are in the answer *and* in the evidence the
   tools returned (facts and retrieved passages): present but unsupported does not count.
 The seed scenario's questions run in one session, in step order, as a person would ask them;
@@ -73,7 +73,13 @@ class CaseResult:
     def tools_ok(self) -> bool | None:
         if not self.case.expected_tools:
             return None
-        return set(self.tools) == set(self.case.expected_tools)
+        return set(self.case.expected_tools) <= set(self.tools)
+
+    @property
+    def tool_precision(self) -> float | None:
+        if not self.case.expected_tools or not self.tools:
+            return None
+        return sum(t in self.case.expected_tools for t in self.tools) / len(self.tools)
 
     @property
     def grounding(self) -> float | None:
@@ -124,6 +130,7 @@ def _mean(values: Sequence[float]) -> float:
 def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
     latencies = sorted(r.latency_ms for r in results)
     tool_scored = [r.tools_ok for r in results if r.tools_ok is not None]
+    precision = [r.tool_precision for r in results if r.tool_precision is not None]
     grounded = [r.grounding for r in results if r.grounding is not None]
     seed = [r for r in results if r.case.scenario_step]
     return {
@@ -131,6 +138,7 @@ def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
         "routing_accuracy": _mean([float(r.route_ok) for r in results]),
         "routing_seed_correct": sum(r.route_ok for r in seed),
         "tool_call_accuracy": _mean([float(ok) for ok in tool_scored]),
+        "tool_call_precision": _mean(precision),
         "tool_call_questions": len(tool_scored),
         "grounding": _mean(grounded),
         "latency_p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,

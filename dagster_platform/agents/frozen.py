@@ -26,7 +26,7 @@ from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.ingestion.validation import to_typed
 from dagster_platform.kafka.tables import ensure_all_tables
 from dagster_platform.knowledge.base import lexical_index, store_records
-from dagster_platform.knowledge.documents import build_chunks, read_chunks, write_chunks
+from dagster_platform.knowledge.documents import Chunk, build_chunks, write_chunks
 from dagster_platform.knowledge.embeddings import Embedder
 from dagster_platform.knowledge.vector_store import open_store
 from dagster_platform.logs import get_logger
@@ -97,9 +97,9 @@ def _link_models(target: Path, models_dir: Path) -> None:
     link.symlink_to(models, target_is_directory=True)
 
 
-def _build_warehouse(settings: Settings, path: Path) -> int:
-    """Sample tables, empty stream and rollup tables, the ontology and the chunks; returns how
-    many chunks were written."""
+def _build_warehouse(settings: Settings, path: Path) -> list[Chunk]:
+    """Sample tables, empty stream and rollup tables, the ontology and the chunks (returned),
+    with the chunks' BM25 index beside the warehouse."""
     loaded = load_ontology(settings.ontology_dir)
     with open_warehouse(path) as conn:
         for spec in SOURCES:
@@ -126,13 +126,11 @@ def _build_warehouse(settings: Settings, path: Path) -> int:
         write_chunks(conn, chunks)
         conn.execute("CHECKPOINT")
     lexical_index(chunks.chunks, path.parent / "knowledge" / "bm25")
-    return len(chunks.chunks)
+    return chunks.chunks
 
 
-def _embed(settings: Settings, frozen: Settings, warehouse: Path) -> None:
-    """Every chunk of the frozen warehouse into the chroma of the frozen state."""
-    with open_warehouse(warehouse, read_only=True) as conn:
-        chunks = read_chunks(conn)
+def _embed(settings: Settings, frozen: Settings, chunks: list[Chunk]) -> None:
+    """Every chunk into the chroma of the frozen state, with the configured embedder."""
     embedder = Embedder.from_name(settings.embedding_model, frozen.models_dir)
     store, _ = open_store(frozen.state_dir / "chroma", None)
     try:
@@ -156,6 +154,8 @@ def build_frozen_state(settings: Settings, target: Path, embed: bool = True) -> 
     frozen state is answered by the same champion adapter as production.
     """
     target = Path(target).resolve()
+    if target == settings.state_dir.resolve():
+        raise FrozenStateError(f"{target} is the live state folder; freeze into another one")
     frozen = settings.model_copy(
         update={
             "state_dir": target,
@@ -180,11 +180,11 @@ def build_frozen_state(settings: Settings, target: Path, embed: bool = True) -> 
         _clear(target)
         chunks = _build_warehouse(settings, pristine)
         if embed:
-            _embed(settings, frozen, pristine)
+            _embed(settings, frozen, chunks)
         (target / MARKER).write_text(
-            json.dumps({**wanted, "chunks": chunks}, indent=2) + "\n", encoding="utf-8"
+            json.dumps({**wanted, "chunks": len(chunks)}, indent=2) + "\n", encoding="utf-8"
         )
-        log.info("frozen state built", extra={"state_dir": str(target), "chunks": chunks})
+        log.info("frozen state built", extra={"state_dir": str(target), "chunks": len(chunks)})
     frozen.warehouse_path.with_name(f"{frozen.warehouse_path.name}.wal").unlink(missing_ok=True)
     shutil.copyfile(pristine, frozen.warehouse_path)
     return frozen

@@ -30,7 +30,10 @@ AGENT_TOOLS: dict[str, tuple[str, ...]] = {
     "guide": ("search_runbooks", "search_incidents"),
 }
 
-KILL = re.compile(r"\bkill|\bstop\b|죽여|죽이|종료|중지|킬", re.IGNORECASE)
+# imperative only: "which jobs were killed" and "종료된 잡" ask about the past, not for a kill
+KILL = re.compile(
+    r"\bkill\b|\bstop\b|죽여|죽이자|종료해|종료시켜|중지해|중지시켜|킬 ?해", re.IGNORECASE
+)
 REFERENCE = re.compile(
     r"이 중|이중|그 중|그중|위의|위 |방금|these|those|of them|them\b|above", re.IGNORECASE
 )

@@ -205,6 +205,7 @@ GOLDEN_QUESTIONS = SourceSpec(
         Column("expected_doc_ids", "string_list"),
         Column("scenario_step", "int", required=False, min=1, max=5),
         Column("source", allowed=("seed-004", "curated")),
+        Column("expected_tools", "string_list", required=False),
     ),
     references=(
         Reference("expected_doc_ids", (("runbooks", "runbook_id"), ("incidents", "incident_id"))),

@@ -172,7 +172,9 @@ def produce(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="kafka-ingest, kafka-latency or ontology")],
+    name: Annotated[
+        str, typer.Argument(help="kafka-ingest, kafka-latency, knowledge, ontology or llm")
+    ],
 ) -> None:
     """Run one benchmark of benchmarks/ and print its figures as one JSON object."""
     import importlib

@@ -196,7 +196,7 @@ def test_the_llm_down_opens_the_circuit_and_the_answer_still_comes(frozen: Setti
         assert answer.interaction.status == "degraded"
         assert answer.interaction.route == "infra"  # the classifier routed it
         assert "etl-prod" in answer.text  # the evidence is the answer
-    assert "LLM unavailable" in first.interaction.llm_error
+    assert "Connection refused" in first.interaction.llm_error  # says what failed
     assert "circuit open" in second.interaction.llm_error
     assert assistant.llm.client.breaker_state == "open"
 

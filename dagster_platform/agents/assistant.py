@@ -56,7 +56,7 @@ class AssistantConfig:
     planner: PlannerKind = "rules"
     max_steps: int = 4
     summary_tokens: int = 96
-    router_min_confidence: float = 0.8
+    router_min_confidence: float = 0.9
     actor: str = "assistant"
 
 

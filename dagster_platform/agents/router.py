@@ -1,11 +1,13 @@
 """Which agent answers: the LLM picks a constrained label; a keyword and embedding classifier
 backs it up.
 
-The LLM's label stands unless (a) it is not a valid label or the LLM is down, (b) the model is
-unsure (its calibrated probability is below `min_confidence`), or (c) the question carries
-decisive keyword evidence for another route. A small base model leans to one label whatever
-the question; dividing its probabilities by those it gives a content-free question
-("contextual calibration", Zhao et al. 2021) removes that lean before the threshold applies.
+When the question's keywords are decisive, the classifier routes it and the LLM is not asked
+(a call saved). Otherwise the LLM's label stands unless (a) it is not a valid label or the LLM
+is down, (b) the model is unsure (its calibrated probability is below `min_confidence`), or
+(c) the classifier is confident (at least `classifier_trust`) of another route. A small base
+model leans to one label whatever the question; dividing its probabilities by those it gives a
+content-free question ("contextual calibration", Zhao et al. 2021) removes that lean before
+the threshold applies. A fine-tuned adapter that routes well takes over the unclear cases.
 """
 
 from __future__ import annotations
@@ -62,13 +64,15 @@ class Router:
         routes: Mapping[str, RouteSpec],
         classifier: RouteClassifier,
         llm: LLMClient | None,
-        min_confidence: float = 0.8,
+        min_confidence: float = 0.9,
+        classifier_trust: float = 0.6,
     ):
         self.routes = dict(routes)
         self.labels = list(routes)
         self.classifier = classifier
         self.llm = llm
         self.min_confidence = min_confidence
+        self.classifier_trust = classifier_trust
         self._priors: dict[str | None, dict[str, float] | None] = {}
 
     def _prior(self) -> dict[str, float] | None:
@@ -93,6 +97,8 @@ class Router:
         fallback = RouteDecision(classification.route, classification.source, classification)
         if self.llm is None:
             return _with(fallback, reason="no LLM configured")
+        if classification.decisive:
+            return _with(fallback, reason="decisive keywords; the LLM was not asked")
         try:
             choice = self.llm.choose(routing_prompt(self.routes, question), self.labels)
             probabilities = self._calibrated(choice.probabilities) if choice.probabilities else None
@@ -101,24 +107,15 @@ class Router:
         label = choice.label
         if probabilities:
             label = max(probabilities, key=probabilities.__getitem__)
-        decided = RouteDecision(
-            label, "llm", classification, llm_label=label, llm_probabilities=probabilities
-        )
-        if classification.decisive and classification.route != label:
-            return _with(
-                fallback,
-                llm_label=label,
-                llm_probabilities=probabilities,
-                reason=f"keywords point decisively to {classification.route}, not {label}",
-            )
+        seen = {"llm_label": label, "llm_probabilities": probabilities}
         if probabilities and probabilities[label] < self.min_confidence:
-            return _with(
-                fallback,
-                llm_label=label,
-                llm_probabilities=probabilities,
-                reason=f"LLM unsure ({probabilities[label]:.2f} < {self.min_confidence})",
-            )
-        return _with(decided, reason="LLM label")
+            why = f"LLM unsure ({probabilities[label]:.2f} < {self.min_confidence})"
+            return _with(fallback, **seen, reason=why)
+        confidence = classification.scores.get(classification.route, 0.0)
+        if classification.route != label and confidence >= self.classifier_trust:
+            why = f"classifier confident of {classification.route} ({confidence:.2f}), not {label}"
+            return _with(fallback, **seen, reason=why)
+        return RouteDecision(label, "llm", classification, **seen, reason="LLM label")
 
 
 def _with(decision: RouteDecision, **changes: Any) -> RouteDecision:

@@ -241,23 +241,8 @@ class TransformersBackend:
             endings = [
                 self._tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices
             ]
-            width = len(prompt) + max(len(ending) for ending in endings)
-            pad = self._tokenizer.pad_token_id
-            ids = torch.full((len(choices), width), pad)
-            mask = torch.zeros((len(choices), width), dtype=torch.long)
-            for row, ending in enumerate(endings):
-                sequence = prompt + ending
-                ids[row, : len(sequence)] = torch.tensor(sequence)
-                mask[row, : len(sequence)] = 1
             with self._serving(adapter), torch.inference_mode():
-                logits = self._model(input_ids=ids, attention_mask=mask).logits
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            scores = []
-            for row, ending in enumerate(endings):
-                positions = range(len(prompt) - 1, len(prompt) - 1 + len(ending))
-                scores.append(
-                    sum(float(log_probs[row, p, t]) for p, t in zip(positions, ending, strict=True))
-                )
+                scores = self._continuation_scores(prompt, endings)
             elapsed = time.perf_counter() - started
         probabilities = torch.softmax(torch.tensor(scores), dim=0).tolist()
         best = max(range(len(choices)), key=lambda i: scores[i])
@@ -276,6 +261,31 @@ class TransformersBackend:
             {c: round(p, 6) for c, p in zip(choices, probabilities, strict=True)},
             completion,
         )
+
+    def _continuation_scores(self, prompt: list[int], endings: list[list[int]]) -> list[float]:
+        """Summed log-likelihood of each ending after the prompt. The prompt (a few-shot routing
+        prompt runs to hundreds of tokens) goes through the model once; its key/value cache is
+        shared by the endings, which then cost a few tokens each."""
+        import torch
+
+        first = self._model(input_ids=torch.tensor([prompt]), use_cache=True)
+        first_log_probs = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(len(endings))
+        width = max(len(ending) for ending in endings)
+        ids = torch.full((len(endings), width), self._tokenizer.pad_token_id)
+        mask = torch.zeros((len(endings), len(prompt) + width), dtype=torch.long)
+        mask[:, : len(prompt)] = 1
+        for row, ending in enumerate(endings):
+            ids[row, : len(ending)] = torch.tensor(ending)
+            mask[row, len(prompt) : len(prompt) + len(ending)] = 1
+        logits = self._model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        return [
+            float(first_log_probs[ending[0]])
+            + sum(float(log_probs[row, i - 1, token]) for i, token in enumerate(ending) if i)
+            for row, ending in enumerate(endings)
+        ]
 
     def structured(
         self,

@@ -35,7 +35,7 @@ from benchmarks.common import machine
 from dagster_platform.agents.assistant import Assistant, AssistantConfig
 from dagster_platform.agents.classifier import RouteClassifier, load_routes
 from dagster_platform.agents.frozen import build_frozen_state
-from dagster_platform.agents.router import Router
+from dagster_platform.agents.router import Router, routing_prompt
 from dagster_platform.knowledge.embeddings import Embedder
 from dagster_platform.llm.base import GenerationConfig, Message
 from dagster_platform.llm.client import LLMClient
@@ -184,6 +184,15 @@ def golden_questions(data_dir: Path) -> list[Golden]:
     return seeds + [g for g in found.values() if not g.seed_step]
 
 
+def _llm_label(router: Router, question: str) -> str | None:
+    """The model's own calibrated label, asked even where the router did not need to ask it."""
+    if router.llm is None:
+        return None
+    choice = router.llm.choose(routing_prompt(router.routes, question), router.labels)
+    probabilities = router.calibrated(choice.probabilities) if choice.probabilities else None
+    return max(probabilities, key=probabilities.__getitem__) if probabilities else choice.label
+
+
 def routing(router: Router, questions: Sequence[Golden]) -> dict[str, Any]:
     """The router's route, the LLM's label alone and the classifier's alone, per question."""
     router.route("warm up")
@@ -196,7 +205,7 @@ def routing(router: Router, questions: Sequence[Golden]) -> dict[str, Any]:
         timings.append((time.perf_counter() - started) * 1000)
         sources[decision.source] += 1
         right["router"] += decision.route == item.route
-        right["llm"] += decision.llm_label == item.route
+        right["llm"] += _llm_label(router, item.question) == item.route
         right["classifier"] += decision.classification.route == item.route
         right["seed"] += item.seed_step is not None and decision.route == item.route
         if decision.route != item.route:

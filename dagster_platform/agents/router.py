@@ -84,7 +84,7 @@ class Router:
             self._priors[key] = choice.probabilities
         return self._priors[key]
 
-    def _calibrated(self, probabilities: dict[str, float]) -> dict[str, float]:
+    def calibrated(self, probabilities: dict[str, float]) -> dict[str, float]:
         prior = self._prior()
         if not prior:
             return probabilities
@@ -101,7 +101,7 @@ class Router:
             return _with(fallback, reason="decisive keywords; the LLM was not asked")
         try:
             choice = self.llm.choose(routing_prompt(self.routes, question), self.labels)
-            probabilities = self._calibrated(choice.probabilities) if choice.probabilities else None
+            probabilities = self.calibrated(choice.probabilities) if choice.probabilities else None
         except LLMError as exc:
             return _with(fallback, reason=f"LLM unavailable: {exc}")
         label = choice.label

@@ -77,10 +77,12 @@ def _llm(base: Path, frozen: Settings, **changes) -> LLMConfig:
         backend="transformers",
         base_model=str(base),
         registered_model="ops-assistant",
-        tracking_uri=f"sqlite:///{frozen.state_dir / 'mlflow.db'}",
         adapters_dir=frozen.state_dir / "adapters",
-        check_interval_s=3600.0,
-        **changes,
+        **{
+            "check_interval_s": 3600.0,
+            "tracking_uri": f"sqlite:///{frozen.state_dir / 'mlflow.db'}",
+            **changes,
+        },
     )
 
 
@@ -224,3 +226,25 @@ def test_the_cli_asks_and_prints_json(frozen: Settings, monkeypatch: pytest.Monk
 )
 def test_summaries_with_invented_numbers_are_caught(summary: str, invented: list[str]) -> None:
     assert unsupported_numbers(summary, "etl-prod workers: CPU 90.6%") == invented
+
+
+def test_an_adapter_that_fails_to_load_is_reported_and_the_base_keeps_serving(
+    frozen: Settings, tiny_llm: Path, tmp_path: Path
+) -> None:
+    from tests.test_llm_service import Registry
+
+    registry = Registry(tmp_path / "registry")
+    junk = tmp_path / "junk-adapter"
+    junk.mkdir()
+    (junk / "README.md").write_text("not an adapter")
+    registry.register(junk)
+    config = _llm(tiny_llm, frozen, check_interval_s=0.0, tracking_uri=registry.uri)
+    assistant = Assistant.open(frozen, llm_config=config)
+    try:
+        answer = assistant.ask("현재 클러스터 가동율 알려줘?", "bad-adapter")
+    finally:
+        assistant.close()
+    record = answer.interaction
+    assert record.status == "degraded" and "holds no peft adapter" in record.llm_error
+    assert "still serving base (base model)" in record.llm_error
+    assert record.adapter is None and "etl-prod" in answer.text

@@ -97,17 +97,11 @@ def incident_reports(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     users, similar past incidents with their resolutions, and a kill of the top suspect
     proposed for a person to approve (never executed here). Also written to
     `reports/incidents/ALERT.md` in the state folder."""
-    from dagster_platform.knowledge.base import open_knowledge
+    from dagster_platform.knowledge.base import LazyKnowledge
 
     settings = get_settings()
-    stores = []
-
-    def retriever():
-        found, store = open_knowledge(settings)
-        stores.append(store)
-        return found
-
-    tools = ToolContext(settings, actor="incident-reports", retriever_factory=retriever)
+    knowledge = LazyKnowledge(settings)
+    tools = ToolContext(settings, actor="incident-reports", retriever_factory=knowledge)
     try:
         try:
             alert = read_alert(tools, context.partition_key)
@@ -115,8 +109,7 @@ def incident_reports(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             raise dg.RetryRequested(max_retries=5, seconds_to_wait=15) from exc
         report = build_report(tools, alert)
     finally:
-        for store in stores:
-            store.close()
+        knowledge.close()
     folder = settings.state_dir / "reports" / "incidents"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{context.partition_key}.md"

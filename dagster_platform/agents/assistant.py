@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster_platform.agents import interactions
 from dagster_platform.agents.classifier import RouteClassifier, load_routes
@@ -35,6 +35,9 @@ from dagster_platform.llm.service import LLMConfig, LLMService, get_service
 from dagster_platform.logs import get_logger, mask_text
 from dagster_platform.settings import Settings
 from dagster_platform.warehouse import open_warehouse, table_exists
+
+if TYPE_CHECKING:
+    from dagster_platform.knowledge.base import LazyKnowledge
 
 log = get_logger(__name__)
 
@@ -143,10 +146,10 @@ class Assistant:
         llm: LLMService | None,
         config: AssistantConfig | None = None,
         llm_error: str | None = None,
-        stores: list[Any] | None = None,
+        knowledge: LazyKnowledge | None = None,
     ):
         self.settings = settings
-        self._stores = stores if stores is not None else []
+        self._knowledge = knowledge
         self.tools = tools
         self.router = router
         self.llm = llm
@@ -163,7 +166,7 @@ class Assistant:
     ) -> Assistant:
         """Wire the assistant from the settings: the packaged embedder for the classifier and the
         retriever, the knowledge base, and the LLM service (its model loads on first use)."""
-        from dagster_platform.knowledge.base import open_knowledge
+        from dagster_platform.knowledge.base import LazyKnowledge
         from dagster_platform.knowledge.embeddings import Embedder, EmbeddingModelError
 
         config = config or AssistantConfig()
@@ -181,24 +184,17 @@ class Assistant:
                 llm = get_service(llm_config or LLMConfig.from_settings(settings))
             except LLMError as exc:
                 llm_error = str(exc)
-        stores: list[Any] = []
-
-        def retriever() -> Any:
-            found, store = open_knowledge(settings, embedder)
-            stores.append(store)
-            return found
-
-        tools = ToolContext(settings, actor=config.actor, retriever_factory=retriever)
+        knowledge = LazyKnowledge(settings, embedder)
+        tools = ToolContext(settings, actor=config.actor, retriever_factory=knowledge)
         router = Router(
             routes, classifier, None if llm is None else llm.client, config.router_min_confidence
         )
-        return cls(settings, tools, router, llm, config, llm_error, stores)
+        return cls(settings, tools, router, llm, config, llm_error, knowledge)
 
     def close(self) -> None:
         """Close the vector store the retriever opened (chroma keeps a system per path)."""
-        for store in self._stores:
-            store.close()
-        self._stores.clear()
+        if self._knowledge is not None:
+            self._knowledge.close()
 
     # --- the path of one question --------------------------------------------------------------
 

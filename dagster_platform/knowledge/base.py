@@ -117,3 +117,23 @@ def open_knowledge(
         raise KnowledgeUnavailable(f"{rebuilt}; materialize chunk_embeddings to fill it again")
     folder = settings.state_dir / "knowledge" / "bm25"
     return open_retriever(chunks, store, embedder, folder), store
+
+
+class LazyKnowledge:
+    """A retriever factory that opens the knowledge base on first use (many questions never
+    search) and closes the stores it opened (chroma keeps a system per path otherwise)."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+        self.settings = settings
+        self.embedder = embedder
+        self._stores: list[ChunkStore] = []
+
+    def __call__(self) -> HybridRetriever:
+        retriever, store = open_knowledge(self.settings, self.embedder)
+        self._stores.append(store)
+        return retriever
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+        self._stores.clear()

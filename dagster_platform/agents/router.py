@@ -13,7 +13,7 @@ the threshold applies. A fine-tuned adapter that routes well takes over the uncl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dagster_platform.agents.classifier import Classification, RouteClassifier, RouteSpec
@@ -32,7 +32,6 @@ class RouteDecision:
     llm_label: str | None = None
     llm_probabilities: dict[str, float] | None = None
     reason: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -97,7 +97,6 @@ class LLMClient:
         )
         self._adapter: AdapterInfo | None = None
         self._swap_lock = threading.Lock()
-        self.last_error: str | None = None
         self._last_failure: str | None = None
 
     # --- resilience --------------------------------------------------------------------------
@@ -130,10 +129,8 @@ class LLMClient:
                 f"{self.policy.breaker_fail_max} consecutive failures, next try in "
                 f"{self.policy.breaker_reset_s:g} s{detail}"
             )
-            self.last_error = message
             raise CircuitOpen(message) from exc
         except LLMError as exc:
-            self.last_error = f"{what}: {exc}"
             log.warning(
                 "llm call failed",
                 extra={"backend": self.backend.name, "call": what, "error": str(exc)},

@@ -1,5 +1,5 @@
 """The vLLM backends: the server backend over real HTTP against a FAKE vLLM server, and the
-engine backend's refusal (and its mapping onto a stub ``vllm`` module) on a machine without a GPU.
+engine backend's refusal (and its mapping onto a fake ``vllm`` module) on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ def test_engine_backend_is_not_installed_here() -> None:
         VLLMEngineBackend("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-class _StubLLM:
-    """Stands in for ``vllm.LLM``: records calls, answers with RequestOutput-shaped objects."""
+class _FakeVLLM:
+    """A fake ``vllm.LLM``: records calls, answers with RequestOutput-shaped objects."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
@@ -284,10 +284,11 @@ def _record(**kwargs: Any) -> types.SimpleNamespace:
 
 
 @pytest.fixture
-def stub_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """A stub ``vllm`` with the attribute names the backend uses, and a CUDA torch."""
+def fake_vllm_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """A fake ``vllm`` module (vLLM cannot run without a GPU) with the names the backend uses,
+    and a torch that reports CUDA."""
     vllm = types.ModuleType("vllm")
-    vllm.LLM = _StubLLM  # type: ignore[attr-defined]
+    vllm.LLM = _FakeVLLM  # type: ignore[attr-defined]
     vllm.SamplingParams = _record  # type: ignore[attr-defined]
     sampling = types.ModuleType("vllm.sampling_params")
     sampling.StructuredOutputsParams = _record  # type: ignore[attr-defined]
@@ -309,7 +310,9 @@ def stub_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return vllm
 
 
-def test_engine_backend_maps_onto_the_vllm_api(stub_vllm: types.ModuleType, tmp_path: Path) -> None:
+def test_engine_backend_maps_onto_the_vllm_api(
+    fake_vllm_module: types.ModuleType, tmp_path: Path
+) -> None:
     backend = VLLMEngineBackend("tiny", max_loras=2, gpu_memory_utilization=0.5)
     assert backend.loaded_adapters() == []
     backend.load_adapter("old", make_adapter(tmp_path, "old-v1"))

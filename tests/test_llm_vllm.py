@@ -173,6 +173,14 @@ def test_choose_rejects_an_answer_outside_the_choices(
         backend.choose(ask("pick"), ["ops", "billing"], None)
 
 
+def test_choose_refuses_an_empty_set_before_any_request(
+    backend: VLLMServerBackend, server: FakeVLLMServer
+) -> None:
+    with pytest.raises(LLMRequestError, match="at least one choice"):
+        backend.choose(ask("pick"), [], None)
+    assert chat_bodies(server) == []
+
+
 def test_structured_sends_the_json_schema(
     backend: VLLMServerBackend, server: FakeVLLMServer
 ) -> None:

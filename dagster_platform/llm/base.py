@@ -92,6 +92,24 @@ class BackendNotInstalled(LLMError):
     """A backend whose packages (the `gpu` extra) or hardware are missing here."""
 
 
+def choice_options(choices: Sequence[str]) -> list[str]:
+    """The labels of a constrained choice; every backend refuses an empty set the same way."""
+    if not choices:
+        raise LLMRequestError("choose needs at least one choice")
+    return list(choices)
+
+
+def choice_token_budget(options: Sequence[str]) -> int:
+    """Enough new tokens for the longest label (a token is at least one character)."""
+    return max(len(option) for option in options) + 8
+
+
+def matched_label(text: str, options: Sequence[str]) -> str | None:
+    """The label a constrained answer names, tolerating surrounding whitespace."""
+    label = text if text in options else text.strip()
+    return label if label in options else None
+
+
 class Backend(Protocol):
     """What each transport implements; adapters are addressed by name once loaded."""
 

@@ -24,6 +24,7 @@ from dagster_platform.llm.base import (
     LLMRequestError,
     LLMUnavailable,
     Message,
+    choice_options,
 )
 from dagster_platform.logs import get_logger
 
@@ -232,8 +233,7 @@ class TransformersBackend:
         finite set, with a probability per label (softmax of the summed token log-likelihoods)."""
         import torch
 
-        if not choices:
-            raise LLMRequestError("choose needs at least one choice")
+        choices = choice_options(choices)
         with self._lock:
             self._ensure_loaded()
             started = time.perf_counter()

@@ -25,6 +25,9 @@ from dagster_platform.llm.base import (
     LLMRequestError,
     LLMUnavailable,
     Message,
+    choice_options,
+    choice_token_budget,
+    matched_label,
 )
 
 INSTALL_HINT = (
@@ -182,19 +185,14 @@ class VLLMEngineBackend:
     def choose(
         self, messages: Sequence[Message], choices: Sequence[str], adapter: str | None
     ) -> Choice:
-        if not choices:
-            raise ValueError("choose needs at least one choice")
-        options = list(choices)
+        options = choice_options(choices)
         constraint = self._vllm.sampling_params.StructuredOutputsParams(choice=options)
-        # A token is at least one character, so this always fits the longest choice.
         params = self._vllm.SamplingParams(
-            max_tokens=max(len(option) for option in options) + 8,
-            temperature=0.0,
-            structured_outputs=constraint,
+            max_tokens=choice_token_budget(options), temperature=0.0, structured_outputs=constraint
         )
         completion = self._generate([messages], params, adapter)[0]
-        label = completion.text if completion.text in options else completion.text.strip()
-        if label not in options:
+        label = matched_label(completion.text, options)
+        if label is None:
             raise LLMRequestError(
                 f"vLLM engine ({self.model}) answered {completion.text!r}, not one of {options}"
             )

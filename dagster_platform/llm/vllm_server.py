@@ -24,6 +24,9 @@ from dagster_platform.llm.base import (
     LLMRequestError,
     LLMUnavailable,
     Message,
+    choice_options,
+    choice_token_budget,
+    matched_label,
 )
 
 _BATCH_WORKERS = 8
@@ -60,6 +63,17 @@ def _error_message(response: httpx.Response) -> str:
         if body.get("detail"):  # FastAPI's own shape, e.g. a route the server does not expose
             return str(body["detail"])
     return response.text.strip()[:500]
+
+
+def _sampling(config: GenerationConfig) -> dict[str, Any]:
+    """The OpenAI sampling fields of a generation config."""
+    return {
+        "max_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "stop": config.stop,
+        "seed": config.seed,
+    }
 
 
 class VLLMServerBackend:
@@ -223,15 +237,7 @@ class VLLMServerBackend:
     def chat(
         self, messages: Sequence[Message], config: GenerationConfig, adapter: str | None
     ) -> Completion:
-        return self._complete(
-            messages,
-            adapter,
-            max_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            stop=config.stop,
-            seed=config.seed,
-        )
+        return self._complete(messages, adapter, **_sampling(config))
 
     def chat_batch(
         self,
@@ -251,19 +257,16 @@ class VLLMServerBackend:
     def choose(
         self, messages: Sequence[Message], choices: Sequence[str], adapter: str | None
     ) -> Choice:
-        if not choices:
-            raise ValueError("choose needs at least one choice")
-        options = list(choices)
-        # A token is at least one character, so this always fits the longest choice.
+        options = choice_options(choices)
         completion = self._complete(
             messages,
             adapter,
-            max_tokens=max(len(option) for option in options) + 8,
+            max_tokens=choice_token_budget(options),
             temperature=0.0,
             structured_outputs={"choice": options},
         )
-        label = completion.text if completion.text in options else completion.text.strip()
-        if label not in options:
+        label = matched_label(completion.text, options)
+        if label is None:
             raise LLMRequestError(
                 f"vLLM server {self._url('/v1/chat/completions')} answered {completion.text!r}, "
                 f"not one of {options}; servers older than vLLM 0.11 ignore the "
@@ -279,14 +282,7 @@ class VLLMServerBackend:
         adapter: str | None,
     ) -> Completion:
         return self._complete(
-            messages,
-            adapter,
-            max_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            stop=config.stop,
-            seed=config.seed,
-            structured_outputs={"json": schema},
+            messages, adapter, **_sampling(config), structured_outputs={"json": schema}
         )
 
     def load_adapter(self, name: str, path: Path) -> None:

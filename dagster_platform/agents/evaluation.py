@@ -11,7 +11,6 @@ every other question gets its own session.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster_platform.agents.assistant import Answer, Assistant
+from dagster_platform.knowledge.evaluation import read_golden
 
 
 @dataclass(frozen=True)
@@ -33,26 +33,18 @@ class AgentCase:
 
 
 def load_cases(path: Path) -> list[AgentCase]:
-    cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            cases.append(
-                AgentCase(
-                    record["question_id"],
-                    record["question"],
-                    record.get("language", "unknown"),
-                    record["route"],
-                    tuple(record.get("expected_facts") or ()),
-                    tuple(record.get("expected_tools") or ()),
-                    record.get("scenario_step"),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: not a golden question: {exc}") from exc
-    return cases
+    return read_golden(
+        path,
+        lambda record: AgentCase(
+            record["question_id"],
+            record["question"],
+            record.get("language", "unknown"),
+            record["route"],
+            tuple(record.get("expected_facts") or ()),
+            tuple(record.get("expected_tools") or ()),
+            record.get("scenario_step"),
+        ),
+    )
 
 
 @dataclass(frozen=True)

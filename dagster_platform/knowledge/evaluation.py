@@ -10,10 +10,12 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from dagster_platform.knowledge.retriever import Hit, documents_in_order
 
 KS = (1, 3, 5)
+T = TypeVar("T")
 
 Search = Callable[[str, int], Sequence[Hit]]
 
@@ -38,26 +40,32 @@ class Score:
     mrr: float
 
 
-def load_golden(path: Path) -> list[GoldenQuestion]:
-    """The questions that name their answering documents; a malformed line names itself."""
-    questions = []
+def read_golden(path: Path, build: Callable[[dict[str, Any]], T]) -> list[T]:
+    """Each line of a golden-question file through `build`; a malformed line names itself."""
+    built = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            question = GoldenQuestion(
-                record["question_id"],
-                record["question"],
-                record.get("language", "unknown"),
-                record.get("route", "unknown"),
-                tuple(record.get("expected_doc_ids") or ()),
-            )
+            built.append(build(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{number}: not a golden question: {exc}") from exc
-        if question.expected_doc_ids:
-            questions.append(question)
-    return questions
+    return built
+
+
+def load_golden(path: Path) -> list[GoldenQuestion]:
+    """The questions that name their answering documents."""
+    questions = read_golden(
+        path,
+        lambda record: GoldenQuestion(
+            record["question_id"],
+            record["question"],
+            record.get("language", "unknown"),
+            record.get("route", "unknown"),
+            tuple(record.get("expected_doc_ids") or ()),
+        ),
+    )
+    return [question for question in questions if question.expected_doc_ids]
 
 
 def reciprocal_rank(ranked_docs: Sequence[str], expected: Iterable[str]) -> float:

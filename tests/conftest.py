@@ -16,12 +16,21 @@ from dagster_platform.ingestion.validation import to_typed
 from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.tables import ensure_all_tables
 from dagster_platform.rollups import ROLLUPS
-from dagster_platform.settings import REPO_ROOT
+from dagster_platform.settings import REPO_ROOT, Settings
 from dagster_platform.warehouse import replace_table
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 ONTOLOGY_DIR = REPO_ROOT / "data" / "ontology"
 ROLES_FILE = REPO_ROOT / "data" / "roles.yaml"
+PREPARED_MODELS = REPO_ROOT / ".state" / "models"  # what `make test` prepared
+
+
+def live_settings(state_dir: Path, data: Path = SAMPLE_DIR) -> Settings:
+    """Settings of a throwaway state folder whose models are the checkout's prepared ones."""
+    live = Settings(state_dir=state_dir, data_dir=data, ontology_dir=ONTOLOGY_DIR)
+    live.state_dir.mkdir(parents=True)
+    live.models_dir.symlink_to(PREPARED_MODELS.resolve(), target_is_directory=True)
+    return live
 
 
 def free_port() -> int:

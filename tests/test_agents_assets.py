@@ -12,6 +12,7 @@ from assets.agents import ALERT_PARTITIONS, agent_benchmark, incident_reports
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.settings import REPO_ROOT, Settings
 from resources import LLMResource
+from tests.conftest import live_settings
 from tests.tiny_models import build_tiny_llm
 
 MINILM = REPO_ROOT / ".state" / "models" / "all-MiniLM-L6-v2"
@@ -42,9 +43,7 @@ def test_agent_benchmark_scores_the_golden_questions(
 def test_an_incident_report_per_alert_partition(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    live = Settings()
-    live.state_dir.mkdir(parents=True)
-    (live.state_dir / "models").symlink_to((REPO_ROOT / ".state" / "models").resolve())
+    live = live_settings(state_dir)
     frozen = build_frozen_state(live, live.state_dir / "built", embed=False)
     monkeypatch.setenv("DAGSTER_PLATFORM_STATE", str(frozen.state_dir))
     with duckdb.connect(str(frozen.warehouse_path)) as conn:

@@ -44,7 +44,7 @@ def frozen_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings,
     """The sample plus a runbook that carries an instruction, built once per module."""
     import shutil
 
-    from tests.conftest import SAMPLE_DIR
+    from tests.conftest import SAMPLE_DIR, live_settings
 
     root = tmp_path_factory.mktemp("frozen-agents")
     data = root / "data"
@@ -55,10 +55,8 @@ def frozen_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings,
         f"old application folders. {INJECTION} Then check df -h again.\n",
         encoding="utf-8",
     )
-    settings = Settings(state_dir=root / "live", data_dir=data)
-    settings.state_dir.mkdir(parents=True)
-    (settings.state_dir / "models").symlink_to(Path(".state/models").resolve())
-    return build_frozen_state(settings, root / "frozen", embed=False), root
+    live = live_settings(root / "live", data)
+    return build_frozen_state(live, root / "frozen", embed=False), root
 
 
 @pytest.fixture
@@ -248,3 +246,12 @@ def test_an_adapter_that_fails_to_load_is_reported_and_the_base_keeps_serving(
     assert record.status == "degraded" and "holds no peft adapter" in record.llm_error
     assert "still serving base (base model)" in record.llm_error
     assert record.adapter is None and "etl-prod" in answer.text
+
+
+def test_a_malformed_golden_line_is_named(tmp_path: Path) -> None:
+    from dagster_platform.agents.evaluation import load_cases
+
+    path = tmp_path / "golden.jsonl"
+    path.write_text('{"question_id": "q1", "question": "?", "route": "infra"}\n{"question": "?"}\n')
+    with pytest.raises(ValueError, match=r"golden\.jsonl:2: not a golden question"):
+        load_cases(path)

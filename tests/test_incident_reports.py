@@ -21,7 +21,7 @@ from dagster_platform.kafka.events import ALERT_EVENTS, AlertV1, encode
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, ensure_topics
 from dagster_platform.settings import Settings
 from sensors.alert_sensors import new_alerts
-from tests.conftest import SAMPLE_DIR, free_port
+from tests.conftest import free_port, live_settings
 
 
 def _alert(alert_id: str, metric: str = "cpu_pct") -> AlertV1:
@@ -94,10 +94,7 @@ def test_the_sensor_skips_with_a_reason_when_the_broker_is_down(
 @pytest.fixture(scope="module")
 def frozen(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("frozen-incidents")
-    live = Settings(state_dir=root / "live", data_dir=SAMPLE_DIR)
-    live.state_dir.mkdir(parents=True)
-    (live.state_dir / "models").symlink_to(Path(".state/models").resolve())
-    return build_frozen_state(live, root / "frozen", embed=False)
+    return build_frozen_state(live_settings(root / "live"), root / "frozen", embed=False)
 
 
 def test_a_report_names_suspects_incidents_and_proposes_only(frozen: Settings) -> None:

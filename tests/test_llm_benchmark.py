@@ -17,17 +17,8 @@ from dagster_platform.agents.frozen import (
     build_frozen_state,
 )
 from dagster_platform.ingestion.sources import SOURCES
-from dagster_platform.settings import Settings
-from tests.conftest import ONTOLOGY_DIR, SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, live_settings
 from tests.tiny_models import PREPARED_LLM, build_tiny_llm
-
-
-def _live(state_dir: Path) -> Settings:
-    """Live settings of a throwaway state whose models are the prepared ones of the checkout."""
-    live = Settings(state_dir=state_dir, data_dir=SAMPLE_DIR, ontology_dir=ONTOLOGY_DIR)
-    live.state_dir.mkdir(parents=True)
-    live.models_dir.symlink_to(PREPARED_LLM.parent, target_is_directory=True)
-    return live
 
 
 def _count(path: Path, sql: str) -> int:
@@ -38,7 +29,7 @@ def _count(path: Path, sql: str) -> int:
 def test_a_frozen_state_holds_the_sample_and_is_reused_as_built(
     state_dir: Path, tmp_path: Path
 ) -> None:
-    live = _live(state_dir)
+    live = live_settings(state_dir)
     frozen = build_frozen_state(live, tmp_path / "frozen", embed=False)
 
     assert frozen.state_dir == (tmp_path / "frozen").resolve()
@@ -73,7 +64,7 @@ def test_a_frozen_state_holds_the_sample_and_is_reused_as_built(
 def test_a_changed_sample_builds_again(state_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(SAMPLE_DIR, data)
-    live = _live(state_dir).model_copy(update={"data_dir": data})
+    live = live_settings(state_dir).model_copy(update={"data_dir": data})
     target = tmp_path / "frozen"
     build_frozen_state(live, target, embed=False)
     renamed = "SELECT count(*) FROM clusters WHERE name = 'ETL Prod (renamed)'"
@@ -95,7 +86,7 @@ def test_the_llm_benchmark_measures_every_figure_on_a_small_run(
     full run: the packaged SmolLM2, 3 rounds of 64 tokens, every routing question, 20 questions
     end to end)."""
     tiny = build_tiny_llm(tmp_path / "tiny-llm")
-    settings = _live(state_dir).model_copy(update={"base_model": str(tiny)})
+    settings = live_settings(state_dir).model_copy(update={"base_model": str(tiny)})
     figures = llm_benchmark.run(
         rounds=2,
         new_tokens=8,

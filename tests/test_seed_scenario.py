@@ -22,16 +22,9 @@ from dagster_platform.ontology.actions import approve
 from dagster_platform.ontology.loader import load_ontology
 from dagster_platform.ontology.roles import load_roles
 from dagster_platform.rollups import ROLLUPS, refresh
-from dagster_platform.settings import REPO_ROOT, Settings
-from tests.conftest import ONTOLOGY_DIR, ROLES_FILE, SAMPLE_DIR, free_port
-
-SEED = [
-    "현재 클러스터 가동율 알려줘?",
-    "리소스를 많이 사용하는 spark 잡 3개 추출해줘?",
-    "클러스터 가동율이 높을때 어떻게 해야되?",
-    "이 중에서 상위 2개 spark 잡 Kill 해줘?",
-    "클러스터 사용율이 떨어졌는지 확인해줘?",
-]
+from dagster_platform.settings import Settings
+from tests.conftest import ONTOLOGY_DIR, ROLES_FILE, SAMPLE_DIR, free_port, live_settings
+from tests.test_agents_assistant import SEED
 
 
 def _land(settings: Settings, servers: str) -> None:
@@ -56,10 +49,7 @@ def _etl_cpu(answer) -> float:
 
 @pytest.mark.slow
 def test_seed_scenario_with_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = Settings(state_dir=tmp_path / "src", data_dir=SAMPLE_DIR, ontology_dir=ONTOLOGY_DIR)
-    source.state_dir.mkdir()
-    (source.state_dir / "models").symlink_to((REPO_ROOT / ".state" / "models").resolve())
-    settings = build_frozen_state(source, tmp_path / "state", embed=False)
+    settings = build_frozen_state(live_settings(tmp_path / "src"), tmp_path / "state", embed=False)
     broker = EmbeddedBroker(free_port(), tmp_path / "broker")
     broker.start()
     stop = threading.Event()

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.agents import agent_assets
+from assets.finetune import finetune_assets
 from assets.ingestion import file_assets
 from assets.knowledge import knowledge_assets
 from assets.ontology import ontology_assets
@@ -17,5 +18,6 @@ defs = dg.Definitions(
         *ontology_assets,
         *knowledge_assets,
         *agent_assets,
+        *finetune_assets,
     ]
 )

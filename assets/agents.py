@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from dagster_platform.agents.assistant import Assistant
 from dagster_platform.agents.evaluation import load_cases, markdown_table, metrics, run_cases
@@ -26,6 +27,12 @@ OWNERS = ["team:ml-platform"]
 ALERT_PARTITIONS = dg.DynamicPartitionsDefinition(name="alerts")
 
 
+class AgentBenchmarkConfig(dg.Config):
+    questions: int = Field(
+        default=0, ge=0, description="Only the first N golden questions (0: all of them)."
+    )
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"python", "mlflow"},
@@ -39,13 +46,17 @@ ALERT_PARTITIONS = dg.DynamicPartitionsDefinition(name="alerts")
         )
     ],
 )
-def agent_benchmark(context: dg.AssetExecutionContext, llm: LLMResource):
+def agent_benchmark(
+    context: dg.AssetExecutionContext, config: AgentBenchmarkConfig, llm: LLMResource
+):
     """The golden questions through the router and the agents: routing accuracy, tool-call
     accuracy against the expected tools, grounding (expected facts in the answer and in the
     evidence) and latency, as a table here and a run in the MLflow experiment
     `agent_benchmark`."""
     settings = get_settings()
     cases = load_cases(settings.data_dir / "golden_questions.jsonl")
+    if config.questions:
+        cases = cases[: config.questions]
     with tempfile.TemporaryDirectory(prefix="agent-benchmark-") as folder:
         frozen = build_frozen_state(settings, Path(folder) / "state")
         assistant = Assistant.open(frozen, llm_config=llm.config())

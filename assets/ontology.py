@@ -6,13 +6,12 @@ their backing tables on their own (declarative automation); each publishes only 
 passed its blocking checks, so the previous good tables stay when a build is refused.
 """
 
-import base64
 import logging
 
 import dagster as dg
 import polars as pl
 
-from dagster_platform.ingestion.report import markdown_table
+from dagster_platform.ingestion.report import markdown_table, png_markdown
 from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.kafka.events import STREAM_FAMILIES
 from dagster_platform.kafka.tables import ensure_all_tables
@@ -358,7 +357,6 @@ def ontology_graph(
         f"graph: {summary['nodes']} nodes, {summary['edges']} edges, "
         f"{summary['components']} components, {summary['communities']} communities"
     )
-    encoded = base64.b64encode(image).decode()
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(rows),
@@ -378,7 +376,7 @@ def ontology_graph(
                 if summary["most_between"]
                 else "none"
             ),
-            "picture": dg.MetadataValue.md(f"![ontology graph](data:image/png;base64,{encoded})"),
+            "picture": dg.MetadataValue.md(png_markdown("ontology graph", image)),
             "picture_path": dg.MetadataValue.path(str(path)),
         }
     )

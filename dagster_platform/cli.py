@@ -10,12 +10,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from dagster_platform.actions_cli import actions_app
+from dagster_platform.adapters_cli import adapters_app
 from dagster_platform.agents_cli import ask
+from dagster_platform.feedback_cli import feedback, serve
 from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
 from dagster_platform.knowledge_cli import knowledge_app
@@ -31,7 +34,10 @@ app.add_typer(models_app, name="models")
 app.add_typer(ontology_app, name="ontology")
 app.add_typer(actions_app, name="actions")
 app.add_typer(knowledge_app, name="knowledge")
+app.add_typer(adapters_app, name="adapters")
 app.command("ask")(ask)
+app.command("feedback")(feedback)
+app.command("serve")(serve)
 
 
 @app.callback()
@@ -173,7 +179,8 @@ def produce(
 @app.command()
 def bench(
     name: Annotated[
-        str, typer.Argument(help="kafka-ingest, kafka-latency, knowledge, ontology or llm")
+        str,
+        typer.Argument(help="kafka-ingest, kafka-latency, knowledge, ontology, llm or finetune"),
     ],
 ) -> None:
     """Run one benchmark of benchmarks/ and print its figures as one JSON object."""
@@ -191,6 +198,35 @@ def bench(
         raise _fail(f"unknown benchmark {name!r}; available: {', '.join(available)}")
     module = importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
     typer.echo(json.dumps(module.run(), ensure_ascii=False))
+
+
+@app.command()
+def demo(
+    state: Annotated[
+        Path | None,
+        typer.Option(help="A fresh state folder for the demo (default: demo/ in the state)."),
+    ] = None,
+    ticks: Annotated[int, typer.Option(help="Simulator ticks (10 simulated s each).")] = 60,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Training recipe YAML (default data/finetune/recipe.yaml).")
+    ] = None,
+    gate: Annotated[
+        Path | None, typer.Option(help="Promotion gate YAML (default data/finetune/gate.yaml).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """The whole loop headless on a fresh state: broker, simulator, every asset, the seed
+    questions, feedback, fine-tune, evaluation, the gate, the questions again, what changed."""
+    from dagster_platform.demo import Demo, DemoError
+
+    target = state or get_settings().state_dir / "demo"
+    try:
+        report = Demo(
+            target, ticks=ticks, recipe=recipe, echo=lambda m: typer.echo(m, err=True)
+        ).run()
+    except DemoError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(report.to_dict(), ensure_ascii=False) if as_json else report.text())
 
 
 @app.command()

@@ -2,8 +2,8 @@
 
 Every log line is one JSON object carrying the Dagster run id (and step, when there is one),
 and secrets or personal data never reach a handler: keys that name them are replaced, and
-values that look like e-mail addresses, bearer tokens, JWTs, phone or resident-registration
-numbers are masked wherever they appear in a message.
+values that look like them (e-mail addresses, tokens, keys, phone, card or resident-registration
+numbers: `dagster_platform.redaction`) are masked wherever they appear in a message.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from dagster_platform.redaction import scrub
 
 MASK = "***MASKED***"
 
@@ -37,19 +39,6 @@ SENSITIVE_KEY_PARTS: tuple[str, ...] = (
     "credit_card",
 )
 
-_VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), rf"\1 {MASK}"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), MASK),
-    (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), MASK),
-    (re.compile(r"(?<![\w-])(?:\+82[-\s]?|0)1[016789][-\s]?\d{3,4}[-\s]?\d{4}(?![\w-])"), MASK),
-    (re.compile(r"(?<![\w-])\d{6}-[1-4]\d{6}(?![\w-])"), MASK),
-    (re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"), MASK),
-    (
-        re.compile(r"(?i)\b(password|passwd|pwd|token|secret|api[_-]?key)(\s*[=:]\s*)[^\s,;&]+"),
-        rf"\1\2{MASK}",
-    ),
-)
-
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -64,10 +53,9 @@ def is_sensitive_key(key: str) -> bool:
 
 
 def mask_text(text: str) -> str:
-    """Mask values that look like secrets or personal data inside free text."""
-    for pattern, replacement in _VALUE_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    """Mask values that look like secrets or personal data inside free text (the patterns of
+    `dagster_platform.redaction`, which the fine-tuning dataset is scrubbed with too)."""
+    return scrub(text, MASK)[0]
 
 
 def mask(value: Any, key: str | None = None) -> Any:

@@ -157,6 +157,38 @@ class Settings(BaseSettings):
     chroma_host: str | None = Field(
         default=None, validation_alias=AliasChoices("CHROMA_HOST", "chroma_host")
     )
+    api_keys: str | None = Field(
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_API_KEYS", "api_keys"),
+        description="Keys of the HTTP API as comma-separated `name:key` pairs; the name is "
+        "recorded as the user. Unset means the key `dagster-platform serve` keeps in "
+        "<state>/api_key.",
+    )
+    api_rate_limit: str = Field(
+        default="30/minute",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_API_RATE_LIMIT", "api_rate_limit"),
+        description="Requests one API key may make, in the `limits` notation (e.g. 30/minute).",
+    )
+    finetune_feedback_threshold: int = Field(
+        default=20,
+        ge=1,
+        validation_alias=AliasChoices(
+            "DAGSTER_PLATFORM_FINETUNE_THRESHOLD", "finetune_feedback_threshold"
+        ),
+        description="New positive ratings or corrections since the last dataset that start "
+        "the fine-tune loop.",
+    )
+    finetune_cron: str = Field(
+        default="0 3 * * *",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_FINETUNE_CRON", "finetune_cron"),
+        description="When the nightly fine-tune loop runs (03:00, the seed's time).",
+    )
+    finetune_timezone: str = Field(
+        default="UTC",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_FINETUNE_TIMEZONE", "finetune_timezone"),
+        description="Time zone of the nightly schedule (e.g. Asia/Seoul).",
+    )
 
     @property
     def embedded_broker(self) -> bool:

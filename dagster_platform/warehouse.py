@@ -32,8 +32,8 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
         "SELECT count(*) FROM information_schema.tables "
         "WHERE table_schema = current_schema() AND table_name = ?",
         [table],
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()  # read to the end: DuckDB 2.0 refuses new work on a half-read result
+    return bool(row and row[0][0])
 
 
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:

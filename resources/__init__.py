@@ -3,6 +3,7 @@
 import dagster as dg
 
 from resources.data_folder import DataFolderResource
+from resources.finetune import FinetuneResource
 from resources.kafka import KafkaResource
 from resources.knowledge import VECTOR_STORE_POOL, KnowledgeResource
 from resources.llm import LLMResource
@@ -13,6 +14,7 @@ __all__ = [
     "VECTOR_STORE_POOL",
     "WAREHOUSE_POOL",
     "DataFolderResource",
+    "FinetuneResource",
     "KafkaResource",
     "KnowledgeResource",
     "LLMResource",
@@ -29,5 +31,6 @@ defs = dg.Definitions(
         "ontology": OntologyResource(),
         "knowledge": KnowledgeResource(),
         "llm": LLMResource(),
+        "finetune": FinetuneResource(),
     }
 )

@@ -72,6 +72,11 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "LLM_BREAKER_FAIL_MAX",
         "LLM_BREAKER_RESET_S",
         "LLM_BREAKER_SUCCESS_THRESHOLD",
+        "DAGSTER_PLATFORM_API_KEYS",
+        "DAGSTER_PLATFORM_API_RATE_LIMIT",
+        "DAGSTER_PLATFORM_FINETUNE_THRESHOLD",
+        "DAGSTER_PLATFORM_FINETUNE_CRON",
+        "DAGSTER_PLATFORM_FINETUNE_TIMEZONE",
     ):
         monkeypatch.delenv(name, raising=False)
     return state

@@ -163,9 +163,11 @@ class Assistant:
         config: AssistantConfig | None = None,
         llm_config: LLMConfig | None = None,
         use_llm: bool = True,
+        llm: LLMService | None = None,
     ) -> Assistant:
         """Wire the assistant from the settings: the packaged embedder for the classifier and the
-        retriever, the knowledge base, and the LLM service (its model loads on first use)."""
+        retriever, the knowledge base, and the LLM service (its model loads on first use).
+        `llm` replaces the service of the settings (an evaluation pins an adapter this way)."""
         from dagster_platform.knowledge.base import LazyKnowledge
         from dagster_platform.knowledge.embeddings import Embedder, EmbeddingModelError
 
@@ -178,8 +180,8 @@ class Assistant:
             embedder, embed = None, None
         routes = load_routes()
         classifier = RouteClassifier(routes, embed)
-        llm, llm_error = None, None
-        if use_llm:
+        llm_error = None
+        if use_llm and llm is None:
             try:
                 llm = get_service(llm_config or LLMConfig.from_settings(settings))
             except LLMError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import polars as pl
 
 from dagster_platform.ingestion.readers import LOCATION
@@ -22,6 +24,11 @@ def markdown_table(frame: pl.DataFrame, width: int = 60) -> str:
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     body = ["| " + " | ".join(_cell(v, width) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join([header, rule, *body])
+
+
+def png_markdown(alt: str, png: bytes) -> str:
+    """An image inline in Markdown metadata: the Dagster UI shows it without a file server."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def preview_markdown(frame: pl.DataFrame, rows: int = 10) -> str:

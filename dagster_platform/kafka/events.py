@@ -70,13 +70,15 @@ class AlertV1(Event, tag="alert.v1", kw_only=True):
 
 
 class FeedbackV1(Event, tag="feedback.v1", kw_only=True):
-    """A person rated an answer: -1 (bad), 0 (neutral) or 1 (good)."""
+    """A person rated an answer: -1 (bad), 0 (neutral) or 1 (good), and may have written the
+    answer it should have been (`correction`, added later with a default, so it stays v1)."""
 
     feedback_id: Identifier
     interaction_id: Identifier
     rating: Annotated[int, msgspec.Meta(ge=-1, le=1)]
     comment: str | None = None
     user_id: str | None = None
+    correction: str | None = None
 
 
 class ActionCommandV1(Event, tag="action.v1", kw_only=True):
@@ -91,11 +93,24 @@ class ActionCommandV1(Event, tag="action.v1", kw_only=True):
 
 
 @dataclass(frozen=True)
+class Reference:
+    """An event column that must name an existing row elsewhere in the warehouse; events that
+    name none are dead-lettered with `reason` instead of landing as orphans."""
+
+    column: str
+    table: str
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class EventTable:
-    """Where events of one schema land: the warehouse table and its columns."""
+    """Where events of one schema land: the warehouse table and its columns, and the row each
+    event must refer to, if any."""
 
     event_type: type[Event]
     table: str
+    reference: Reference | None = None
 
     @property
     def tag(self) -> str:
@@ -126,7 +141,15 @@ RAW_EVENTS = StreamFamily(
 )
 ALERT_EVENTS = StreamFamily("alert_events", "ops-alerts", (EventTable(AlertV1, "alert_events"),))
 FEEDBACK_EVENTS = StreamFamily(
-    "feedback_events", "llm-feedback", (EventTable(FeedbackV1, "feedback_events"),)
+    "feedback_events",
+    "llm-feedback",
+    (
+        EventTable(
+            FeedbackV1,
+            "feedback_events",
+            Reference("interaction_id", "interactions", "interaction_id", "unknown_interaction"),
+        ),
+    ),
 )
 STREAM_FAMILIES: tuple[StreamFamily, ...] = (RAW_EVENTS, ALERT_EVENTS, FEEDBACK_EVENTS)
 

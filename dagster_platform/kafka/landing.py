@@ -8,8 +8,9 @@ leaves the next one to start where the warehouse says; two runs at once conflict
 row and one of them is rolled back. Landing tables carry no key index: the position comes from
 the data, and an index on the coordinates would cost as much as the insert itself.
 
-Bad messages are data: every message that is empty, oversized, not JSON, of an unknown type or
-against its schema goes to the dead-letter table with the reason; landed + dead-lettered equals
+Bad messages are data: every message that is empty, oversized, not JSON, of an unknown type,
+against its schema, or that refers to a row the warehouse does not hold (feedback on an unknown
+interaction) goes to the dead-letter table with the reason; landed + dead-lettered equals
 consumed.
 """
 
@@ -39,6 +40,7 @@ from dagster_platform.kafka.tables import (
     insert_events,
     insert_rows,
     read_offsets,
+    split_unreferenced,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
 from dagster_platform.logs import get_logger
@@ -480,19 +482,26 @@ def write_batches(
         landed_per_partition: Counter[int] = Counter()
         dead_per_partition: Counter[int] = Counter()
         reasons: Counter[str] = Counter()
-        landed = {  # one insert per table: many small ones cost half as much again
-            t.table: insert_events(
-                conn, t, family.topic, _concat([b.payloads[t.table] for b in batches])
-            )
-            for t in family.tables
-        }
-        dead = insert_rows(conn, DEAD_LETTER_TABLE, _concat([b.dead_letters for b in batches]))
         for batch in batches:
             for partition, offset in batch.next_offsets.items():
                 next_offsets[partition] = max(offset, next_offsets.get(partition, 0))
             landed_per_partition.update(batch.landed_per_partition)
             dead_per_partition.update(batch.dead_per_partition)
             reasons.update(batch.reasons)
+        dead_letters = [b.dead_letters for b in batches]
+        landed: dict[str, int] = {}
+        for t in family.tables:  # one insert per table: many small ones cost half as much again
+            rows = _concat([b.payloads[t.table] for b in batches])
+            if t.reference is not None:
+                rows, unknown = split_unreferenced(conn, t, family.topic, rows)
+                if unknown is not None and unknown.num_rows:
+                    moved_out = _counts(unknown.column("kafka_partition").to_numpy())
+                    landed_per_partition.subtract(moved_out)
+                    dead_per_partition.update(moved_out)
+                    reasons[t.reference.reason] += unknown.num_rows
+                    dead_letters.append(unknown.cast(DEAD_LETTER_SCHEMA))
+            landed[t.table] = insert_events(conn, t, family.topic, rows)
+        dead = insert_rows(conn, DEAD_LETTER_TABLE, _concat(dead_letters))
         advance_offsets(
             conn,
             family,

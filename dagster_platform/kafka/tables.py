@@ -85,6 +85,8 @@ def insert_events(
 
 
 def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None:
+    """Create the family's tables, and add the columns that a compatible change of a schema
+    (a new field with a default) brought to a table created before it."""
     for table in family.tables:
         columns = ", ".join(f"{quote(name)} {sql}" for name, sql in event_columns(table))
         conn.execute(
@@ -93,6 +95,7 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None
             f"kafka_offset BIGINT NOT NULL, {columns}, "
             "landed_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
         )
+        _add_missing_columns(conn, table)
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {DEAD_LETTER_TABLE} ("
         "kafka_topic VARCHAR NOT NULL, kafka_partition INTEGER NOT NULL, "
@@ -108,6 +111,24 @@ def ensure_tables(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> None
         "updated_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp, "
         "PRIMARY KEY (consumer_group, kafka_topic, kafka_partition))"
     )
+
+
+def _add_missing_columns(conn: duckdb.DuckDBPyConnection, table: EventTable) -> None:
+    """One catalog read per table; an ALTER only where a column is missing, so the landing
+    runs of every family do not take catalog writes on each run."""
+    existing = {
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            [table.table],
+        ).fetchall()
+    }
+    for name, sql in event_columns(table):
+        if name not in existing:
+            conn.execute(
+                f"ALTER TABLE {quote(table.table)} ADD COLUMN IF NOT EXISTS {quote(name)} {sql}"
+            )
 
 
 def ensure_all_tables(conn: duckdb.DuckDBPyConnection) -> None:
@@ -131,6 +152,61 @@ def read_offsets(conn: duckdb.DuckDBPyConnection, family: StreamFamily) -> dict[
         {"topic": family.topic, "group": family.consumer_group},
     ).fetchall()
     return {int(partition): int(offset) for partition, offset in rows}
+
+
+def split_unreferenced(
+    conn: duckdb.DuckDBPyConnection, table: EventTable, topic: str, batch: pa.Table | None
+) -> tuple[pa.Table | None, pa.Table | None]:
+    """Split validated payloads (kafka_partition, kafka_offset, payload) of a table with a
+    reference into (those whose referenced row exists, dead-letter rows for the others).
+
+    A semi and an anti join over the registered batch, so every row is in exactly one of the
+    two; a referenced table that does not exist yet refers to nothing. Dead letters carry no
+    Kafka key or timestamp: the payload holds the event whole.
+    """
+    reference = table.reference
+    if reference is None or batch is None or batch.num_rows == 0:
+        return batch, None
+    exists = bool(  # fetched whole: DuckDB refuses `register` while a result is unfinished
+        conn.execute(
+            "SELECT 1 FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name = ?",
+            [reference.table],
+        ).fetchall()
+    )
+    join = (
+        f"{quote(reference.table)} r "
+        f"ON r.{quote(reference.key)} = json_extract_string(p.payload, $path)"
+    )
+    why = f"not found in {reference.table}" if exists else f"no {reference.table} table yet"
+    params = {"path": f"$.{reference.column}"}
+    conn.register("_referring", batch)
+    try:
+        kept = (
+            conn.sql(
+                f"SELECT p.kafka_partition, p.kafka_offset, p.payload FROM _referring p "
+                f"SEMI JOIN {join}",
+                params=params,
+            ).to_arrow_table()
+            if exists
+            else None
+        )
+        dead = conn.sql(
+            "SELECT $topic AS kafka_topic, p.kafka_partition, p.kafka_offset, "
+            "NULL::BLOB AS kafka_key, NULL::TIMESTAMPTZ AS kafka_timestamp, $reason AS reason, "
+            "printf($error, json_extract_string(p.payload, $path)) AS error, "
+            "strlen(p.payload)::BIGINT AS size_bytes, encode(p.payload) AS payload "
+            f"FROM _referring p {f'ANTI JOIN {join}' if exists else ''}",
+            params={
+                **params,
+                "topic": topic,
+                "reason": reference.reason,
+                "error": f"{reference.column} '%s': {why}",
+            },
+        ).to_arrow_table()
+    finally:
+        conn.unregister("_referring")
+    return kept, dead
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table | None) -> int:

@@ -8,18 +8,15 @@ the previous adapter keeps serving and `warning` says so, for the interaction re
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dagster_platform.finetune.registry import CHAMPION, AdapterRegistry, NoSuchVersion
 from dagster_platform.llm.base import (
     BACKENDS,
     AdapterInfo,
-    AdapterLoadError,
     Backend,
     LLMError,
     LLMUnavailable,
@@ -30,8 +27,6 @@ from dagster_platform.packaged_models import llm_model_dir
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)
-
-CHAMPION_ALIAS = "champion"
 
 
 @dataclass(frozen=True)
@@ -108,45 +103,11 @@ def champion_adapter(
 ) -> AdapterInfo | None:
     """The `@champion` version of the registered model as a local peft folder; None when
     there is no champion yet (the base model serves)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    registry = AdapterRegistry(tracking_uri, registered_model)
     try:
-        version = client.get_model_version_by_alias(registered_model, CHAMPION_ALIAS)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    name = f"{registered_model}-v{version.version}"
-    target = adapters_dir / name
-    if not (target / "adapter_config.json").is_file():
-        _download_adapter(version.source, tracking_uri, target)
-    return AdapterInfo(
-        name=name,
-        path=target,
-        version=str(version.version),
-        source=f"models:/{registered_model}@{CHAMPION_ALIAS}",
-        extra={"run_id": version.run_id},
-    )
-
-
-def _download_adapter(source: str, tracking_uri: str, target: Path) -> None:
-    import mlflow
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri
-            )
-        )
-        configs = sorted(local.rglob("adapter_config.json"), key=lambda p: len(p.parts))
-        if not configs:
-            raise AdapterLoadError(f"{source} holds no peft adapter (no adapter_config.json)")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(configs[0].parent, target)
+        return registry.local_adapter(CHAMPION, adapters_dir)
+    except NoSuchVersion:
+        return None
 
 
 class LLMService:
@@ -188,6 +149,25 @@ class LLMService:
         self.warning = f"{why}; still serving {served.label}"
         log.warning("llm adapter unchanged", extra={"reason": self.warning})
         return served
+
+
+class PinnedLLMService(LLMService):
+    """Serves one given adapter (None: the base model) whatever the registry holds, so an
+    evaluation can run the real assistant with each candidate in turn."""
+
+    def __init__(self, config: LLMConfig, client: LLMClient, adapter: AdapterInfo | None):
+        super().__init__(config, client)
+        self.adapter = adapter
+
+    def refresh(self, force: bool = False) -> Served:
+        with self._lock:
+            try:
+                self.client.serve_adapter(self.adapter)
+            except LLMError as exc:
+                name = self.adapter.name if self.adapter else "base"
+                return self._keep(f"pinned adapter {name} failed: {exc}")
+            self.warning = None
+            return self.client.served
 
 
 _services: dict[LLMConfig, LLMService] = {}

@@ -1,0 +1,377 @@
+"""The HTTP API of the assistant: ask, rate an answer, see what serves.
+
+Every route needs an API key (`X-API-Key`, or `Authorization: Bearer`); its name, never the
+key, is who the feedback is from and whose budget a request spends. The rate limit is one
+budget per key across the routes; requests without a valid key share one per client address,
+so guessing keys is throttled too.
+
+The assistant is opened on the first question and kept: it holds the embedder and the LLM.
+Endpoints are plain functions that FastAPI runs in its threadpool; questions are answered one
+at a time, because an answer both reads and writes the warehouse file and DuckDB refuses a
+read-only and a read-write connection to one file in one process at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import duckdb
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from limits import parse as parse_limit
+from pydantic import BaseModel, Field
+from slowapi import Limiter, _rate_limit_exceeded_handler
+from slowapi.errors import RateLimitExceeded
+from slowapi.middleware import SlowAPIASGIMiddleware
+from slowapi.util import get_remote_address
+
+from dagster_platform import __version__
+from dagster_platform.agents import interactions
+from dagster_platform.agents.assistant import Assistant, QuestionRejected
+from dagster_platform.feedback import (
+    MAX_ID_CHARS,
+    FeedbackPublisher,
+    InvalidFeedback,
+    Rating,
+    build_feedback,
+)
+from dagster_platform.kafka.events import FEEDBACK_EVENTS
+from dagster_platform.kafka.topics import KafkaUnavailable, list_topics
+from dagster_platform.logs import get_logger
+from dagster_platform.settings import Settings
+
+log = get_logger(__name__)
+
+KEY_FILE = "api_key"
+LOCAL_KEY_NAME = "local"
+MIN_KEY_CHARS = 16
+WAREHOUSE_WAIT_S = 5.0
+
+AssistantFactory = Callable[[Settings], Assistant]
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`name:key,name:key` → {name: key}; errors name the item, never the key."""
+    keys: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), start=1):
+        name, sep, key = (part.strip() for part in item.partition(":"))
+        where = f"DAGSTER_PLATFORM_API_KEYS item {number}"
+        if not sep or not name or not key:
+            raise ValueError(f"{where} is not `name:key`")
+        if len(name) > MAX_ID_CHARS:
+            raise ValueError(f"{where}: the name is longer than {MAX_ID_CHARS} characters")
+        if len(key) < MIN_KEY_CHARS:
+            raise ValueError(
+                f"{where} ({name}): the key is shorter than {MIN_KEY_CHARS} characters"
+            )
+        if name in keys or key in keys.values():
+            raise ValueError(f"{where} ({name}): the name or the key is given twice")
+        keys[name] = key
+    return keys
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.state_dir / KEY_FILE
+
+
+def configured_keys(settings: Settings) -> dict[str, str]:
+    """The keys of the settings, else the local key `serve` made; empty when there is none."""
+    if settings.api_keys:
+        return parse_api_keys(settings.api_keys)
+    path = key_file(settings)
+    if not path.is_file():
+        return {}
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < MIN_KEY_CHARS:
+        raise ValueError(f"{path} holds no usable key: delete it and a new one is made")
+    return {LOCAL_KEY_NAME: key}
+
+
+def create_local_key(settings: Settings) -> Path:
+    """A new random key in `<state>/api_key`, readable by its owner only; never overwrites."""
+    path = key_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")
+    log.info("api key created", extra={"path": str(path)})
+    return path
+
+
+class ApiKeys:
+    """Who a presented key belongs to, compared in constant time against every key."""
+
+    def __init__(self, keys: Mapping[str, str]):
+        if not keys:
+            raise ValueError(
+                "no API key configured: set DAGSTER_PLATFORM_API_KEYS (name:key,...) or run "
+                "`dagster-platform serve` once to create one"
+            )
+        self._keys = [(name, key.encode()) for name, key in keys.items()]
+
+    def name_of(self, presented: str | None) -> str | None:
+        if not presented:
+            return None
+        given = presented.encode()
+        found = None
+        for name, key in self._keys:
+            if hmac.compare_digest(given, key):
+                found = name
+        return found
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _caller(request: Request) -> str:
+    """The name of the key the request presents; 401 without a valid one."""
+    name = request.app.state.api_keys.name_of(presented_key(request))
+    if name is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API key is required (X-API-Key header or Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return name
+
+
+Caller = Annotated[str, Depends(_caller)]
+KEY_REQUIRED = [Depends(_caller)]
+
+
+# --- what the endpoints share ---------------------------------------------------------------
+
+
+def _open_assistant(settings: Settings) -> Assistant:
+    return Assistant.open(settings)
+
+
+class Services:
+    """The assistant (opened on first use), the feedback producer, and the warehouse lock."""
+
+    def __init__(
+        self, settings: Settings, assistant_factory: AssistantFactory, publish_timeout_s: float
+    ):
+        self.settings = settings
+        self._factory = assistant_factory
+        self._publish_timeout_s = publish_timeout_s
+        self._open_lock = threading.Lock()
+        self._publisher_lock = threading.Lock()
+        self.warehouse_lock = threading.Lock()
+        self.assistant: Assistant | None = None
+        self._publisher: FeedbackPublisher | None = None
+
+    def open_assistant(self) -> Assistant:
+        with self._open_lock:
+            if self.assistant is None:
+                self.assistant = self._factory(self.settings)
+            return self.assistant
+
+    def publisher(self) -> FeedbackPublisher:
+        with self._publisher_lock:
+            if self._publisher is None:
+                self._publisher = FeedbackPublisher(
+                    self.settings.bootstrap_servers, timeout_s=self._publish_timeout_s
+                )
+            return self._publisher
+
+    def close(self) -> None:
+        if self.assistant is not None:
+            self.assistant.close()
+        if self._publisher is not None:
+            self._publisher.close()
+
+
+# --- bodies ---------------------------------------------------------------------------------
+
+
+class AskRequest(BaseModel):
+    question: str
+    session_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+
+
+class AskResponse(BaseModel):
+    interaction_id: str
+    session_id: str
+    answer: str
+    route: str | None
+    status: str
+    proposed_actions: list[str]
+    model: str | None
+    adapter: str | None
+
+
+class FeedbackRequest(BaseModel):
+    interaction_id: str
+    rating: Rating
+    correction: str | None = None
+    comment: str | None = None
+
+
+class FeedbackQueued(BaseModel):
+    feedback_id: str
+    interaction_id: str
+    status: str = "queued"
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    assistant_factory: AssistantFactory | None = None,
+    api_keys: Mapping[str, str] | None = None,
+    rate_limit: str | None = None,
+    publish_timeout_s: float = 10.0,
+) -> FastAPI:
+    """The API over one deployment's settings; keys and limit default to the settings'."""
+    keys = ApiKeys(api_keys if api_keys is not None else configured_keys(settings))
+    limit = rate_limit or settings.api_rate_limit
+    try:
+        parse_limit(limit)
+    except ValueError as exc:
+        raise ValueError(f"rate limit {limit!r} is not like `30/minute`: {exc}") from exc
+    services = Services(settings, assistant_factory or _open_assistant, publish_timeout_s)
+
+    def limit_key(request: Request) -> str:
+        name = keys.name_of(presented_key(request))
+        return f"key:{name}" if name else f"anonymous:{get_remote_address(request)}"
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        services.close()
+
+    app = FastAPI(title="dagster-platform assistant", version=__version__, lifespan=lifespan)
+    app.state.api_keys = keys
+    app.state.limiter = Limiter(
+        key_func=limit_key, application_limits=[limit], headers_enabled=True
+    )
+    app.add_middleware(SlowAPIASGIMiddleware)
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+
+    @app.post("/ask", response_model=AskResponse, dependencies=KEY_REQUIRED)
+    def ask(body: AskRequest) -> Any:
+        """Answer a question from the warehouse, the ontology and the knowledge base."""
+        if not settings.warehouse_path.exists():
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"no warehouse at {settings.warehouse_path}: materialize the ingestion group",
+            )
+        assistant = services.open_assistant()
+        try:
+            with services.warehouse_lock:
+                answer = assistant.ask(body.question, body.session_id)
+        except QuestionRejected as exc:
+            return JSONResponse(
+                {"detail": str(exc), "interaction_id": exc.interaction_id},
+                status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            )
+        record = answer.interaction
+        return AskResponse(
+            interaction_id=record.interaction_id,
+            session_id=record.session_id,
+            answer=answer.text,
+            route=record.route,
+            status=record.status,
+            proposed_actions=record.proposed_actions,
+            model=record.model,
+            adapter=record.adapter,
+        )
+
+    @app.post("/ask/feedback", status_code=status.HTTP_202_ACCEPTED, response_model=FeedbackQueued)
+    def feedback(body: FeedbackRequest, who: Caller) -> FeedbackQueued:
+        """Rate an answer (and correct it); it lands through the `llm-feedback` stream."""
+        try:
+            event = build_feedback(
+                body.interaction_id,
+                body.rating,
+                correction=body.correction,
+                comment=body.comment,
+                user_id=who,
+            )
+        except InvalidFeedback as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        try:
+            services.publisher().publish(event)
+        except KafkaUnavailable as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        return FeedbackQueued(feedback_id=event.feedback_id, interaction_id=event.interaction_id)
+
+    @app.get("/status", dependencies=KEY_REQUIRED)
+    def status_() -> dict[str, Any]:
+        """What serves, whether the broker answers, what the warehouse holds."""
+        return {
+            "version": __version__,
+            "serving": _serving(services.assistant),
+            "broker": _broker(settings),
+            "warehouse": _warehouse(settings, services.warehouse_lock),
+        }
+
+    return app
+
+
+def _serving(assistant: Assistant | None) -> dict[str, Any]:
+    if assistant is None:
+        return {"state": "not loaded yet"}
+    if assistant.llm is None:
+        return {"state": "no LLM", "reason": assistant.llm_error or "opened without an LLM"}
+    served = assistant.llm.client.served
+    return {
+        "state": "loaded",
+        "backend": served.backend,
+        "model": served.model,
+        "adapter": None if served.adapter is None else served.adapter.name,
+        "adapter_version": None if served.adapter is None else served.adapter.version,
+        "label": served.label,
+    }
+
+
+def _broker(settings: Settings) -> dict[str, Any]:
+    info: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
+    try:
+        topics = list_topics(settings.bootstrap_servers, timeout=3.0)
+    except KafkaUnavailable as exc:
+        return {**info, "reachable": False, "error": str(exc)}
+    return {**info, "reachable": True, "feedback_topic": FEEDBACK_EVENTS.topic in topics}
+
+
+def _warehouse(settings: Settings, lock: threading.Lock) -> dict[str, Any]:
+    path = settings.warehouse_path
+    info: dict[str, Any] = {"path": str(path)}
+    if not path.exists():
+        return {**info, "state": "not created yet"}
+    if not lock.acquire(timeout=WAREHOUSE_WAIT_S):
+        return {**info, "state": "busy answering; counts not read"}
+    try:
+        with duckdb.connect(str(path), read_only=True) as conn:
+            tables = {row[0] for row in conn.execute("SHOW TABLES").fetchall()}
+            counts = {
+                name: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if table in tables
+                else 0
+                for name, table in (
+                    ("interactions", interactions.TABLE),
+                    ("feedback", FEEDBACK_EVENTS.tables[0].table),
+                )
+            }
+    except duckdb.Error as exc:  # another process holds the write lock
+        return {**info, "state": f"not readable now ({exc})"}
+    finally:
+        lock.release()
+    return {**info, "state": "ready", **counts}

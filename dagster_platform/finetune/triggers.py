@@ -1,0 +1,50 @@
+"""When the loop should run again: enough usable feedback landed since the last dataset.
+
+Usable feedback is a positive rating or a correction: what `sft_dataset` can learn from. The
+landing of `feedback_events` and each dataset record the running total in their
+materialization metadata, so the sensor decides from Dagster's event log and never opens the
+warehouse (a sensor tick must not wait for the file lock of a landing run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from dagster_platform.warehouse import table_exists
+
+FEEDBACK_TABLE = "feedback_events"
+USABLE_FEEDBACK_TOTAL = "usable_feedback_total"
+USABLE_FEEDBACK_SQL = "rating = 1 OR coalesce(trim(correction), '') <> ''"
+
+
+def usable_feedback_total(conn: duckdb.DuckDBPyConnection) -> int:
+    """Landed feedback rows that rate an answer up or correct it (0 before any landed)."""
+    if not table_exists(conn, FEEDBACK_TABLE):
+        return 0
+    (count,) = conn.execute(
+        f"SELECT count(*) FROM {FEEDBACK_TABLE} WHERE {USABLE_FEEDBACK_SQL}"
+    ).fetchone()
+    return int(count)
+
+
+@dataclass(frozen=True)
+class FeedbackBacklog:
+    """Usable feedback landed in all, and how much of it the latest dataset had seen."""
+
+    landed: int
+    in_latest_dataset: int | None  # None: no dataset was ever built
+
+    @property
+    def new(self) -> int:
+        return max(self.landed - (self.in_latest_dataset or 0), 0)
+
+    def due(self, threshold: int) -> bool:
+        return self.new >= threshold
+
+    def describe(self, threshold: int) -> str:
+        return (
+            f"{self.new} new usable feedback since the last dataset "
+            f"({self.landed} landed in all; threshold {threshold})"
+        )

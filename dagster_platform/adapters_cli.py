@@ -80,6 +80,8 @@ def rollback_command(
     ] = None,
 ) -> None:
     """Make the previous champion (or --to VERSION) the champion again and serve it."""
+    from mlflow.exceptions import MlflowException
+
     from dagster_platform.finetune.promotion import RollbackError, rollback
     from dagster_platform.llm.base import LLMError
     from dagster_platform.llm.service import LLMConfig, get_service
@@ -96,7 +98,7 @@ def rollback_command(
             user or getpass.getuser(),
             to_version=to,
         )
-    except (RollbackError, RegistryError, LLMError) as exc:
+    except (RollbackError, RegistryError, LLMError, MlflowException) as exc:
         raise _fail(str(exc)) from exc
     if not outcome.ok:
         raise _fail("; ".join(outcome.reasons))

@@ -6,6 +6,7 @@ default (`./mlruns` under the current directory) would scatter them wherever a r
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ def log_run(
     params: Mapping[str, object],
     metrics: Mapping[str, float],
     texts: Mapping[str, str] | None = None,
+    files: Mapping[str, bytes] | None = None,
     tags: Mapping[str, str] | None = None,
     artifact_root: Path | None = None,
 ) -> TrackedRun:
-    """One finished run with its parameters, metrics and text artifacts (e.g. a report)."""
+    """One finished run with its parameters, metrics, text artifacts (e.g. a report) and
+    binary ones (e.g. a chart)."""
     import mlflow  # slow to import; only the assets that track pay for it
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -54,6 +57,12 @@ def log_run(
             client.log_metric(run_id, _metric_key(key), float(value))
         for name, text in (texts or {}).items():
             client.log_text(run_id, text, name)
+        if files:
+            with tempfile.TemporaryDirectory(prefix="mlflow-files-") as folder:
+                for name, data in files.items():
+                    path = Path(folder) / name
+                    path.write_bytes(data)
+                    client.log_artifact(run_id, str(path))
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise

@@ -16,8 +16,7 @@ import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -209,19 +208,6 @@ def encode_example(
     return ids, len(prompt_ids)
 
 
-@contextmanager
-def _through(backend: TransformersBackend, adapter: str | None) -> Iterator[Any]:
-    """The model with `adapter` active, or with every adapter disabled for the base model."""
-    model = backend.torch_model
-    if adapter is None and backend.loaded_adapters():
-        with model.disable_adapter():
-            yield model
-    else:
-        if adapter is not None:
-            model.set_adapter(adapter)
-        yield model
-
-
 def completion_loss(
     backend: TransformersBackend, adapter: str | None, encoded: Sequence[tuple[list[int], int]]
 ) -> float:
@@ -230,7 +216,7 @@ def completion_loss(
     import torch.nn.functional as F
 
     total, count = 0.0, 0
-    with _through(backend, adapter) as model, torch.inference_mode():
+    with backend.serving(adapter) as model, torch.inference_mode():
         for ids, prompt_length in encoded:
             targets = torch.tensor(ids[max(prompt_length, 1) :])
             logits = model(input_ids=torch.tensor([ids]), logits_to_keep=len(targets) + 1).logits[
@@ -253,7 +239,7 @@ def generate(
 
     tokenizer = backend.tokenizer
     answers: list[str] = []
-    with _through(backend, adapter) as model, torch.inference_mode():
+    with backend.serving(adapter) as model, torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             inputs = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -447,7 +433,7 @@ def _score(
         }
         if bench is not None:
             measured.update(bench.scores(adapter, cases))
-    except (LLMError, RuntimeError) as exc:
+    except RuntimeError as exc:  # torch's errors and LLMError alike
         log.warning("candidate evaluation failed", extra={"candidate": candidate.name})
         return CandidateMetrics(candidate.name, candidate.version, {}, f"evaluation failed: {exc}")
     log.info("candidate evaluated", extra={"candidate": candidate.name, **measured})
@@ -485,7 +471,6 @@ def log_evaluation(
 ) -> str:
     """A run in the `adapter_evaluation` experiment: the versions as parameters, each
     candidate's metrics prefixed by its name, the report and the chart as artifacts."""
-    import mlflow
 
     from dagster_platform.tracking import log_run
 
@@ -511,10 +496,7 @@ def log_evaluation(
             **(tags or {}),
             **{f"{c.name}.error": c.error[:4000] for c in report.candidates if c.error},
         },
+        files={"evaluation.png": report.chart_png()},
         artifact_root=artifact_root,
     )
-    with tempfile.TemporaryDirectory(prefix="evaluation-chart-") as folder:
-        chart = Path(folder) / "evaluation.png"
-        chart.write_bytes(report.chart_png())
-        mlflow.MlflowClient(tracking_uri).log_artifact(run.run_id, str(chart))
     return run.run_id

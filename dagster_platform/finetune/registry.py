@@ -28,6 +28,7 @@ log = get_logger(__name__)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+SOURCE_MARKER = ".mlflow-source"
 DATASET_TAG = "dataset_version"
 METRIC_TAG_PREFIX = "metric."
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -226,7 +227,8 @@ class AdapterRegistry:
 
     def local_adapter(self, version_or_alias: str, adapters_dir: Path) -> AdapterInfo:
         """The version (a number, or an alias such as `champion`) as a peft folder in
-        `<adapters_dir>/<model>-v<N>`, downloaded once and reused after."""
+        `<adapters_dir>/<model>-v<N>`, downloaded once and reused while it came from the
+        version's own source (a registry that was reset renumbers its versions)."""
         reference = str(version_or_alias)
         if reference.isdigit():
             found = self.get(reference)
@@ -238,8 +240,11 @@ class AdapterRegistry:
             found, source = alias_of, f"models:/{self.registered_model}@{reference}"
         name = f"{self.registered_model}-v{found.version}"
         target = Path(adapters_dir) / name
-        if not (target / "adapter_config.json").is_file():
+        marker = target / SOURCE_MARKER
+        cached = marker.read_text(encoding="utf-8") if marker.is_file() else None
+        if cached != found.source or not (target / "adapter_config.json").is_file():
             download_adapter(found.source, self.tracking_uri, target)
+            marker.write_text(found.source, encoding="utf-8")
         return AdapterInfo(
             name=name,
             path=target,

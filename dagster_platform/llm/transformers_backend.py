@@ -141,18 +141,24 @@ class TransformersBackend:
     # --- generation --------------------------------------------------------------------------
 
     @contextmanager
-    def _serving(self, adapter: str | None) -> Iterator[None]:
-        """Route the forward passes through `adapter`, or through the bare base model."""
-        if adapter is not None and adapter not in self._adapters:
-            raise LLMRequestError(f"adapter {adapter!r} is not loaded (loaded: {self._adapters})")
-        if not self._adapters:
-            yield
-        elif adapter is None:
-            with self._model.disable_adapter():
-                yield
-        else:
-            self._model.set_adapter(adapter)
-            yield
+    def serving(self, adapter: str | None) -> Iterator[Any]:
+        """The model with its forward passes routed through `adapter`, or through the bare
+        base model; held under the backend's lock, so no other call switches adapters
+        meanwhile (evaluations score candidates on the model directly)."""
+        with self._lock:
+            self._ensure_loaded()
+            if adapter is not None and adapter not in self._adapters:
+                raise LLMRequestError(
+                    f"adapter {adapter!r} is not loaded (loaded: {self._adapters})"
+                )
+            if not self._adapters:
+                yield self._model
+            elif adapter is None:
+                with self._model.disable_adapter():
+                    yield self._model
+            else:
+                self._model.set_adapter(adapter)
+                yield self._model
 
     def _encode(self, conversations: Sequence[Sequence[Message]]) -> Any:
         texts = [
@@ -195,7 +201,7 @@ class TransformersBackend:
                 settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if config.stop:
                 settings.update(stop_strings=list(config.stop), tokenizer=self._tokenizer)
-            with self._serving(adapter), torch.inference_mode():
+            with self.serving(adapter), torch.inference_mode():
                 output = self._model.generate(**inputs, **settings)
             elapsed = time.perf_counter() - started
         prompt_width = inputs["input_ids"].shape[1]
@@ -241,7 +247,7 @@ class TransformersBackend:
             endings = [
                 self._tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices
             ]
-            with self._serving(adapter), torch.inference_mode():
+            with self.serving(adapter), torch.inference_mode():
                 scores = self._continuation_scores(prompt, endings)
             elapsed = time.perf_counter() - started
         probabilities = torch.softmax(torch.tensor(scores), dim=0).tolist()

@@ -126,14 +126,12 @@ def bare_peft_loop(recipe: Recipe, dataset_dir: Path, base_model_path: str) -> d
     if recipe.max_steps * recipe.gradient_accumulation > len(loader):
         raise ValueError(f"{recipe.max_steps} steps need more than the {len(loader)} batches")
     batches = iter(loader)
-    tokens, loss = 0, 0.0
+    tokens = 0
     for _step in range(recipe.max_steps):
         for _ in range(recipe.gradient_accumulation):
             batch = next(batches)
-            output = model(**batch)
-            (output.loss / recipe.gradient_accumulation).backward()
+            (model(**batch).loss / recipe.gradient_accumulation).backward()
             tokens += int(batch["attention_mask"].sum())
-            loss = output.loss.item()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
@@ -144,7 +142,6 @@ def bare_peft_loop(recipe: Recipe, dataset_dir: Path, base_model_path: str) -> d
         "tokens_per_s": tokens / train_s,
         "train_s": train_s,
         "wall_s": time.perf_counter() - started,
-        "loss": loss,
     }
 
 
@@ -165,7 +162,6 @@ def asset_path(
         "tokens_per_s": result.tokens_per_s,
         "train_s": result.train_s,
         "wall_s": result.wall_s,
-        "loss": result.train_loss,
     }
 
 
@@ -234,7 +230,6 @@ def training_throughput(
         figures[f"tokens_per_s_{path}_rounds"] = [round(r["tokens_per_s"], 1) for r in runs[path]]
         figures[f"peak_memory_mb_{path}"] = round(median(path, "peak_memory_mb"), 1)
         figures[f"wall_s_{path}"] = round(median(path, "wall_s"), 2)
-        figures[f"final_loss_{path}"] = round(median(path, "loss"), 4)
     figures["ratio_asset_vs_bare_tokens_per_s"] = round(
         median("asset", "tokens_per_s") / median("bare", "tokens_per_s"), 3
     )

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dagster_platform.logs import get_logger
 
@@ -21,6 +22,15 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     tracking_uri: str
+
+
+def experiment_id_for(client: Any, experiment: str, artifact_root: Path | None) -> str:
+    """The experiment's id, creating it (with its artifacts under `artifact_root`) if new."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(experiment, artifact_location=location)
 
 
 def log_run(
@@ -40,14 +50,7 @@ def log_run(
     import mlflow  # slow to import; only the assets that track pay for it
 
     client = mlflow.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        location = None
-        if artifact_root is not None:
-            location = (artifact_root / experiment).resolve().as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    experiment_id = experiment_id_for(client, experiment, artifact_root)
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     run_id = run.info.run_id
     try:

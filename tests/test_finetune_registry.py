@@ -29,9 +29,11 @@ def _store(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def log_adapter_run(tracking_uri: str, root: Path, folder: Path | None) -> str:
-    """A finished training run whose `adapter` artifact is `folder` (None: no artifact, as an
-    interrupted training leaves it)."""
+def log_adapter_run(
+    tracking_uri: str, root: Path, folder: Path | None, status: str = "FINISHED"
+) -> str:
+    """A training run ended with `status` whose `adapter` artifact is `folder` (None: no
+    artifact, as an interrupted training leaves it)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -44,7 +46,7 @@ def log_adapter_run(tracking_uri: str, root: Path, folder: Path | None) -> str:
     run = client.create_run(experiment)
     if folder is not None:
         client.log_artifacts(run.info.run_id, str(folder), "adapter")
-    client.set_terminated(run.info.run_id)
+    client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
 
@@ -98,6 +100,17 @@ def test_a_run_without_an_adapter_registers_nothing(tmp_path: Path) -> None:
         registry.register(empty)
     with pytest.raises(RegistryError, match="no MLflow run"):
         registry.register("0" * 32)
+    assert registry.versions() == []
+
+
+def test_a_run_that_did_not_finish_registers_nothing(
+    tiny: tuple[Path, Path], tmp_path: Path
+) -> None:
+    uri = _store(tmp_path)
+    registry = AdapterRegistry(uri, MODEL)
+    killed = log_adapter_run(uri, tmp_path, tiny[1], status="KILLED")
+    with pytest.raises(RegistryError, match="KILLED, not FINISHED"):
+        registry.register(killed)
     assert registry.versions() == []
 
 

@@ -372,7 +372,7 @@ def test_the_benchmark_paths_train_the_same_tokens(tiny_llm: str, tmp_path: Path
 @pytest.mark.slow
 def test_the_benchmark_measures_every_figure_on_a_small_run(tiny_llm: str, state_dir: Path) -> None:
     settings = live_settings(state_dir).model_copy(update={"base_model": tiny_llm})
-    figures = finetune_benchmark.run(rounds=1, steps=2, examples=60, settings=settings)
+    figures = finetune_benchmark.run(rounds=1, steps=2, examples=60, settings=settings, demo=False)
     assert figures["name"] == "finetune" and figures["machine"]["cpu_count"]
     assert figures["same_tokens_asset_vs_bare"] is True and figures["tokens_per_run"] > 0
     for key in (

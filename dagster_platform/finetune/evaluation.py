@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from dagster_platform.finetune import training
 from dagster_platform.finetune.gate import METRIC_DIRECTIONS, CandidateMetrics, GateConfig
 from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.knowledge.tokens import tokenize
@@ -196,16 +197,12 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
 def encode_example(
     tokenizer: Any, prompt: str, completion: str, max_seq_length: int
 ) -> tuple[list[int], int] | None:
-    """Token ids of prompt + completion + eos cut to `max_seq_length`, and the prompt's length;
-    None when nothing of the completion fits (the training recipe's rule)."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion + tokenizer.eos_token, add_special_tokens=False)[
-        "input_ids"
-    ]
-    ids = (prompt_ids + completion_ids)[:max_seq_length]
-    if len(ids) <= max(len(prompt_ids), 1):
+    """Token ids of prompt + completion + eos cut as training cuts them, and the prompt's
+    length; None when nothing of the completion fits."""
+    encoded = training.encode_example(tokenizer, prompt, completion, max_seq_length)
+    if encoded is None:
         return None
-    return ids, len(prompt_ids)
+    return encoded["input_ids"], encoded["labels"].count(training.IGNORE_INDEX)
 
 
 def completion_loss(

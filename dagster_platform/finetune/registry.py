@@ -174,8 +174,8 @@ class AdapterRegistry:
         tags: dict[str, str] | None = None,
         description: str | None = None,
     ) -> AdapterVersion:
-        """A new version from the run's adapter artifact, aliased `challenger`. A run without
-        a peft adapter there (an interrupted training) is refused: nothing is registered."""
+        """A new version from the run's adapter artifact, aliased `challenger`. A run that did
+        not finish, or holds no peft adapter there, is refused: nothing is registered."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -184,6 +184,11 @@ class AdapterRegistry:
             if _is_missing(exc):
                 raise RegistryError(f"no MLflow run {run_id!r} to register") from exc
             raise
+        if run.info.status != "FINISHED":
+            raise RegistryError(
+                f"run {run_id} is {run.info.status}, not FINISHED (an interrupted or failed "
+                "training); nothing registered"
+            )
         files = {Path(a.path).name for a in self.client.list_artifacts(run_id, artifact_path)}
         if "adapter_config.json" not in files:
             raise RegistryError(

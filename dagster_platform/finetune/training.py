@@ -29,6 +29,7 @@ from typing import Any
 from dagster_platform.finetune.dataset import MANIFEST, load_split
 from dagster_platform.finetune.recipe import Recipe
 from dagster_platform.logs import get_logger
+from dagster_platform.tracking import experiment_id_for
 
 log = get_logger(__name__)
 
@@ -272,14 +273,6 @@ def peak_memory_mb(device: str) -> float:
 # --- tracking --------------------------------------------------------------------------------
 
 
-def _experiment_id(client: Any, experiment: str, artifact_root: Path | None) -> str:
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = (artifact_root / experiment).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(experiment, artifact_location=location)
-
-
 def _params(recipe: Recipe, extra: Mapping[str, object]) -> dict[str, str]:
     fields = recipe.model_dump(mode="json")
     fields["lora_target_modules"] = ",".join(recipe.lora_target_modules)
@@ -453,7 +446,7 @@ def train_adapter(
     version, examples = ready.version, len(ready.data.features)
     client = MlflowClient(tracking_uri)
     run_id = client.create_run(
-        _experiment_id(client, experiment, artifact_root),
+        experiment_id_for(client, experiment, artifact_root),
         run_name=f"lora-{version}",
         tags={"dataset_version": version, "kind": "lora_adapter"},
     ).info.run_id

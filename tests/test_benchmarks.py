@@ -13,7 +13,8 @@ from dagster_platform.kafka.broker import EmbeddedBroker
 def test_unknown_benchmark_lists_the_known_ones() -> None:
     result = CliRunner().invoke(app, ["bench", "kafka-nothing"])
     assert result.exit_code == 1
-    assert "available: kafka-ingest, kafka-latency, knowledge, llm, ontology" in result.output
+    known = "finetune, kafka-ingest, kafka-latency, knowledge, llm, ontology"
+    assert f"available: {known}" in result.output
 
 
 def test_ingest_benchmark_paths_agree_on_a_small_topic(

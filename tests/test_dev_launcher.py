@@ -94,7 +94,7 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
         )
         groups = {node["assetKey"]["path"][-1]: node["groupName"] for node in nodes}
         assert {spec.name for spec in SOURCES} <= set(groups)
-        assert set(groups.values()) == {"ingestion", "ontology", "knowledge", "agents"}
+        assert set(groups.values()) == {"ingestion", "ontology", "knowledge", "agents", "finetune"}
         expected = {spec.name for spec in SOURCES}
         warehouse = state / "warehouse.duckdb"
         wait_for(

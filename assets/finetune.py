@@ -28,7 +28,7 @@ from dagster_platform.finetune.evaluation import (
 )
 from dagster_platform.finetune.gate import decide
 from dagster_platform.finetune.promotion import promote
-from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
+from dagster_platform.finetune.registry import CHALLENGER, AdapterRegistry
 from dagster_platform.finetune.training import TrainProgress, train_adapter
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
 from dagster_platform.ingestion.report import markdown_table, png_markdown
@@ -83,7 +83,7 @@ def sft_dataset(
     passed = enough and not leaks and not overlap
     path = write_dataset(dataset, artifacts.datasets_dir(settings)) if not leaks else None
     if passed and path is not None:
-        artifacts.mark_latest_dataset(settings, dataset.version, path)
+        artifacts.mark_latest_dataset(settings, dataset.version)
     counts = dataset.counts()
     context.log.info(
         f"dataset {dataset.version}: {counts}, scrubbed {dict(dataset.scrubbed)}, "
@@ -214,7 +214,6 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
     gate = finetune.gate()
     registry = _registry(settings)
     challenger = _challenger(registry)
-    champion = registry.by_alias(CHAMPION)
     dataset_dir = artifacts.dataset_dir(settings, challenger.dataset_version)
     cases, frozen = None, None
     if gate.evaluation.agent_cases:
@@ -235,6 +234,7 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
         tags={"dagster_run_id": context.run_id},
     )
     path = artifacts.save_evaluation(settings, challenger.version, report)
+    champion = report.get("champion")
     for candidate in report.candidates:
         context.log.info(f"{candidate.label}: {candidate.error or candidate.metrics}")
     return dg.MaterializeResult(

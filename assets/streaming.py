@@ -8,11 +8,6 @@ sensors watch. Rollups update on their own (declarative automation) after new ro
 import dagster as dg
 import polars as pl
 
-from dagster_platform.finetune.triggers import (
-    FEEDBACK_TABLE,
-    USABLE_FEEDBACK_TOTAL,
-    usable_feedback_total,
-)
 from dagster_platform.ingestion.report import markdown_table
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
 from dagster_platform.kafka.landing import LandingReport, land_stream
@@ -20,6 +15,7 @@ from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
     dead_letter_summary,
     ensure_all_tables,
+    running_counts,
     unreconciled,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
@@ -96,17 +92,13 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
                 t.table: conn.execute(f'SELECT count(*) FROM "{t.table}"').fetchone()[0]
                 for t in family.tables
             }
-            extra = {
-                t.table: {USABLE_FEEDBACK_TOTAL: dg.MetadataValue.int(usable_feedback_total(conn))}
-                for t in family.tables
-                if t.table == FEEDBACK_TABLE  # the running total the fine-tune sensor follows
-            }
+            counts = {t.table: running_counts(conn, t) for t in family.tables}
         for table in family.tables:
             yield dg.MaterializeResult(
                 asset_key=table.table,
                 metadata={
                     **_landing_metadata(report, table.table, totals[table.table]),
-                    **extra.get(table.table, {}),
+                    **{k: dg.MetadataValue.int(v) for k, v in counts[table.table].items()},
                 },
             )
         yield dg.AssetCheckResult(

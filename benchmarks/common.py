@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import HostMetricV1, encode
 from dagster_platform.kafka.topics import TopicSpec, ensure_topics
 
@@ -26,12 +25,6 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "system": platform.system(),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

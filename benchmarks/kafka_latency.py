@@ -31,7 +31,8 @@ from typing import Any
 import duckdb
 from confluent_kafka import Producer
 
-from benchmarks.common import free_port, machine
+from benchmarks.common import machine
+from dagster_platform.kafka.broker import free_port
 from dagster_platform.kafka.events import HostMetricV1, encode
 from dagster_platform.settings import get_settings
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ from dagster_platform.settings import Settings, get_settings
 log = get_logger(__name__)
 
 MARKER = ".dagster-platform-demo"
-SEED_SOURCE = "seed-004"
 SUMMARY_FILE = "demo_summary.json"
 
 # What an operator would write: a correction of the guide answer (with contact details that
@@ -103,12 +101,6 @@ class DemoReport:
         return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prepare_state(state_dir: Path, models_from: Path) -> None:
     """A fresh state folder: only ever deletes a folder an earlier demo made."""
     if state_dir.exists():
@@ -143,15 +135,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def seed_questions(data_dir: Path) -> list[str]:
-    rows = [
-        json.loads(line)
-        for line in (data_dir / "golden_questions.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    seed = sorted(
-        (r for r in rows if r.get("source") == SEED_SOURCE), key=lambda r: r["scenario_step"]
-    )
-    return [r["question"] for r in seed]
+    from dagster_platform.agents.evaluation import load_cases, scenario_cases
+
+    return [c.question for c in scenario_cases(load_cases(data_dir / "golden_questions.jsonl"))]
 
 
 class Demo:
@@ -182,12 +168,12 @@ class Demo:
 
     def run(self) -> DemoReport:
         from dagster_platform.instance import write_instance_config
-        from dagster_platform.kafka.broker import EmbeddedBroker
+        from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 
         origin = get_settings()
         with self._step("fresh state"):
             prepare_state(self.state_dir, origin.models_dir)
-        broker = EmbeddedBroker(_free_port(), self.state_dir / "broker")
+        broker = EmbeddedBroker(free_port(), self.state_dir / "broker")
         env = {
             "DAGSTER_PLATFORM_STATE": str(self.state_dir),
             "DAGSTER_PLATFORM_DATA": str(origin.data_dir),

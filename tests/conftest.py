@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from dagster_platform.ingestion.readers import read_source
 from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.ingestion.validation import to_typed
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.tables import ensure_all_tables
 from dagster_platform.rollups import ROLLUPS
 from dagster_platform.settings import REPO_ROOT, Settings
@@ -31,12 +30,6 @@ def live_settings(state_dir: Path, data: Path = SAMPLE_DIR) -> Settings:
     live.state_dir.mkdir(parents=True)
     live.models_dir.symlink_to(PREPARED_MODELS.resolve(), target_is_directory=True)
     return live
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

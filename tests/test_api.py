@@ -24,11 +24,11 @@ from dagster_platform.api.app import (
     parse_api_keys,
 )
 from dagster_platform.feedback_cli import serve
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
 from dagster_platform.kafka.landing import land_stream
 from dagster_platform.settings import Settings
-from tests.conftest import free_port, live_settings, load_sample_warehouse
+from tests.conftest import live_settings, load_sample_warehouse
 
 KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789abc"}
 ALICE = {"X-API-Key": KEYS["alice"]}

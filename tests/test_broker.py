@@ -8,7 +8,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from dagster_platform.cli import app
-from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker
+from dagster_platform.kafka.broker import BrokerError, EmbeddedBroker, free_port
 from dagster_platform.kafka.topics import (
     PLATFORM_TOPICS,
     KafkaUnavailable,
@@ -16,7 +16,6 @@ from dagster_platform.kafka.topics import (
     ensure_topics,
     list_topics,
 )
-from tests.conftest import free_port
 
 
 def test_session_broker_has_the_platform_topics(kafka_broker: EmbeddedBroker) -> None:

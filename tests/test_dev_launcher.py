@@ -13,8 +13,7 @@ import duckdb
 import pytest
 
 from dagster_platform.ingestion.sources import SOURCES
-from dagster_platform.kafka.broker import EmbeddedBroker
-from tests.conftest import free_port
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 
 
 def graphql(port: int, query: str) -> dict:

@@ -28,12 +28,11 @@ from dagster_platform.feedback import (
     publish_feedback,
 )
 from dagster_platform.feedback_cli import feedback
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import FEEDBACK_EVENTS, StreamFamily
 from dagster_platform.kafka.landing import land_stream
 from dagster_platform.kafka.tables import DEAD_LETTER_TABLE, ensure_tables, unreconciled
 from dagster_platform.kafka.topics import KafkaUnavailable, TopicSpec, ensure_topics
-from tests.conftest import free_port
 
 Connect = Callable[[], contextlib.closing[duckdb.DuckDBPyConnection]]
 

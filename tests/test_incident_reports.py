@@ -16,12 +16,12 @@ from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.agents.incident_report import AlertNotLanded, build_report, read_alert
 from dagster_platform.agents.tools import ToolContext
 from dagster_platform.kafka.alert_follower import AlertFollower
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import ALERT_EVENTS, AlertV1, encode
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, ensure_topics
 from dagster_platform.settings import Settings
 from sensors.alert_sensors import new_alerts
-from tests.conftest import free_port, live_settings
+from tests.conftest import live_settings
 
 
 def _alert(alert_id: str, metric: str = "cpu_pct") -> AlertV1:

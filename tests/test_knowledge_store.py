@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dagster_platform.kafka.broker import free_port
 from dagster_platform.knowledge.embeddings import (
     Embedder,
     EmbeddingModelError,
@@ -287,12 +288,6 @@ def test_corrupted_folder_is_moved_aside_and_rebuilt(tmp_path: Path, damage) -> 
 
 def test_telemetry_is_off(store: ChunkStore) -> None:
     assert store.client.get_settings().anonymized_telemetry is False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from confluent_kafka import Message, Producer, TopicPartition
 
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import (
     ALERT_EVENTS,
     RAW_EVENTS,
@@ -34,7 +34,6 @@ from dagster_platform.kafka.landing import (
 )
 from dagster_platform.kafka.tables import ensure_tables, read_offsets
 from dagster_platform.kafka.topics import KafkaUnavailable, TopicSpec, ensure_topics
-from tests.conftest import free_port
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 

@@ -21,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from typer.testing import CliRunner
 
 from dagster_platform.actions_cli import actions_app
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import ACTIONS_TOPIC, ActionCommandV1
 from dagster_platform.kafka.simulator import ClusterSimulator
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, ensure_topics
@@ -44,7 +44,7 @@ from dagster_platform.ontology.loader import LoadedOntology, load_ontology
 from dagster_platform.ontology.roles import Roles, RolesError, load_roles
 from dagster_platform.ontology.schema import ActionType, Effect, ParameterDef
 from dagster_platform.settings import get_settings
-from tests.conftest import ONTOLOGY_DIR, ROLES_FILE, SAMPLE_DIR, free_port
+from tests.conftest import ONTOLOGY_DIR, ROLES_FILE, SAMPLE_DIR
 
 APP = "application_1794712500000_{}"
 FINISHED = APP.format("0180")

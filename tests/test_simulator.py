@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from typer.testing import CliRunner
 
 from dagster_platform.cli import app
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import (
     ACTIONS_TOPIC,
     ActionCommandV1,
@@ -26,7 +26,7 @@ from dagster_platform.kafka.events import (
 )
 from dagster_platform.kafka.simulator import ClusterSimulator, Outgoing, run_producer
 from dagster_platform.kafka.topics import KafkaUnavailable
-from tests.conftest import SAMPLE_DIR, free_port
+from tests.conftest import SAMPLE_DIR
 
 TOP_TWO = ("application_1794712500000_0488", "application_1794712500000_0492")
 TOPICS = ("raw-data-stream", "ops-alerts")

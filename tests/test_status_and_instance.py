@@ -9,9 +9,8 @@ from typer.testing import CliRunner
 
 from dagster_platform.cli import app
 from dagster_platform.instance import write_instance_config
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.settings import get_settings
-from tests.conftest import free_port
 
 
 def status_json(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:

@@ -11,12 +11,11 @@ from confluent_kafka import Producer
 
 from assets.streaming import dead_letter_events, landing_assets, rollup_assets
 from dagster_platform.definitions import defs
-from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import HostMetricV1, SparkJobEventV1, encode
 from dagster_platform.rollups import ROLLUPS
 from resources import KafkaResource, WarehouseResource
 from sensors.stream_sensors import STREAM_TAG, stream_sensors
-from tests.conftest import free_port
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 

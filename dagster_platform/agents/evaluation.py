@@ -106,8 +106,13 @@ def score(case: AgentCase, answer: Answer) -> CaseResult:
     )
 
 
+def scenario_cases(cases: Sequence[AgentCase]) -> list[AgentCase]:
+    """The seed scenario's questions, in the order of its steps."""
+    return sorted((c for c in cases if c.scenario_step), key=lambda c: c.scenario_step or 0)
+
+
 def run_cases(assistant: Assistant, cases: Sequence[AgentCase]) -> list[CaseResult]:
-    scenario = sorted((c for c in cases if c.scenario_step), key=lambda c: c.scenario_step or 0)
+    scenario = scenario_cases(cases)
     results = [score(c, assistant.ask(c.question, "golden-seed-scenario")) for c in scenario]
     for case in cases:
         if not case.scenario_step:

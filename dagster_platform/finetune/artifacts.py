@@ -7,7 +7,6 @@ refused. Evaluations are kept per challenger version for the gate to read.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -15,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dagster_platform import charts
+from dagster_platform.finetune.dataset import MANIFEST
 from dagster_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,6 +27,10 @@ LATEST = "latest.json"
 
 class NoDataset(RuntimeError):
     """No dataset has passed its checks yet (or the one named is gone)."""
+
+
+class NotEvaluated(RuntimeError):
+    """The challenger has no saved evaluation for the gate to read."""
 
 
 def finetune_dir(settings: Settings) -> Path:
@@ -53,10 +58,9 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def mark_latest_dataset(settings: Settings, version: str, path: Path) -> None:
+def mark_latest_dataset(settings: Settings, version: str) -> None:
     _write_json(
-        datasets_dir(settings) / LATEST,
-        {"version": version, "path": str(path), "at": datetime.now(UTC).isoformat()},
+        datasets_dir(settings) / LATEST, {"version": version, "at": datetime.now(UTC).isoformat()}
     )
 
 
@@ -74,7 +78,7 @@ def dataset_dir(settings: Settings, version: str | None) -> Path:
     if not version:
         return latest_dataset(settings)
     path = datasets_dir(settings) / version
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         raise NoDataset(f"dataset {version} is not in {datasets_dir(settings)}")
     return path
 
@@ -94,19 +98,13 @@ def load_evaluation(settings: Settings, version: str) -> EvaluationReport:
 
     path = evaluation_path(settings, version)
     if not path.is_file():
-        raise NoDataset(f"challenger v{version} has not been evaluated: no {path}")
+        raise NotEvaluated(f"challenger v{version} has not been evaluated: no {path}")
     return EvaluationReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def loss_curve_png(history: Sequence[TrainProgress]) -> bytes:
     """Training loss by step (and tokens/s on a second axis), for the materialization."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, loss_axis = plt.subplots(figsize=(6, 3), dpi=100)
-    try:
+    with charts.figure(figsize=(6, 3), dpi=100) as (_, drawn, loss_axis):
         steps = [p.step for p in history]
         loss_axis.plot(steps, [p.loss for p in history], color="tab:blue", marker=".")
         loss_axis.set_xlabel("step")
@@ -114,9 +112,5 @@ def loss_curve_png(history: Sequence[TrainProgress]) -> bytes:
         speed_axis = loss_axis.twinx()
         speed_axis.plot(steps, [p.tokens_per_s for p in history], color="tab:orange", alpha=0.6)
         speed_axis.set_ylabel("tokens/s", color="tab:orange")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
-    finally:
-        plt.close(figure)
+        drawn.tight_layout()
+        return charts.png(drawn)

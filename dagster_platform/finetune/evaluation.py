@@ -10,7 +10,6 @@ A candidate whose adapter does not load is reported as failed; it never crashes 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from dagster_platform import charts
 from dagster_platform.finetune import training
 from dagster_platform.finetune.gate import METRIC_DIRECTIONS, CandidateMetrics, GateConfig
 from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
@@ -109,17 +109,12 @@ class EvaluationReport:
 
     def chart_png(self) -> bytes:
         """One bar chart per metric (their scales differ), a bar per evaluated candidate."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-
         names = self._metric_names()
         scored = [c for c in self.candidates if c.error is None]
-        figure, axes = plt.subplots(
-            1, max(len(names), 1), figsize=(2.4 * max(len(names), 1), 3.0), dpi=100, squeeze=False
-        )
-        try:
+        columns = max(len(names), 1)
+        with charts.figure(
+            nrows=1, ncols=columns, figsize=(2.4 * columns, 3.0), dpi=100, squeeze=False
+        ) as (plt, drawn, axes):
             palette = plt.get_cmap("tab10")
             for axis, metric in zip(axes[0], names, strict=False):
                 values = [c.metrics.get(metric, 0.0) for c in scored]
@@ -135,12 +130,8 @@ class EvaluationReport:
             if not names:
                 axes[0][0].text(0.5, 0.5, "no candidate could be evaluated", ha="center")
                 axes[0][0].axis("off")
-            figure.tight_layout()
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png")
-            return buffer.getvalue()
-        finally:
-            plt.close(figure)
+            drawn.tight_layout()
+            return charts.png(drawn)
 
     def to_dict(self) -> dict[str, Any]:
         return {

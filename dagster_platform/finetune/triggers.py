@@ -12,21 +12,15 @@ from dataclasses import dataclass
 
 import duckdb
 
-from dagster_platform.warehouse import table_exists
+from dagster_platform.kafka.events import FEEDBACK_EVENTS
+from dagster_platform.kafka.tables import running_counts
 
-FEEDBACK_TABLE = "feedback_events"
-USABLE_FEEDBACK_TOTAL = "usable_feedback_total"
-USABLE_FEEDBACK_SQL = "rating = 1 OR coalesce(trim(correction), '') <> ''"
+USABLE_FEEDBACK_TOTAL = "usable_feedback_total"  # declared on the feedback_events table
 
 
 def usable_feedback_total(conn: duckdb.DuckDBPyConnection) -> int:
     """Landed feedback rows that rate an answer up or correct it (0 before any landed)."""
-    if not table_exists(conn, FEEDBACK_TABLE):
-        return 0
-    (count,) = conn.execute(
-        f"SELECT count(*) FROM {FEEDBACK_TABLE} WHERE {USABLE_FEEDBACK_SQL}"
-    ).fetchone()
-    return int(count)
+    return running_counts(conn, FEEDBACK_EVENTS.tables[0])[USABLE_FEEDBACK_TOTAL]
 
 
 @dataclass(frozen=True)

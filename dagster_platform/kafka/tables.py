@@ -16,7 +16,7 @@ import msgspec
 import pyarrow as pa
 
 from dagster_platform.kafka.events import STREAM_FAMILIES, EventTable, StreamFamily
-from dagster_platform.warehouse import quote
+from dagster_platform.warehouse import quote, table_exists
 
 COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
 DEAD_LETTER_TABLE = "dead_letter_events"
@@ -167,13 +167,7 @@ def split_unreferenced(
     reference = table.reference
     if reference is None or batch is None or batch.num_rows == 0:
         return batch, None
-    exists = bool(  # fetched whole: DuckDB refuses `register` while a result is unfinished
-        conn.execute(
-            "SELECT 1 FROM information_schema.tables "
-            "WHERE table_schema = current_schema() AND table_name = ?",
-            [reference.table],
-        ).fetchall()
-    )
+    exists = table_exists(conn, reference.table)
     join = (
         f"{quote(reference.table)} r "
         f"ON r.{quote(reference.key)} = json_extract_string(p.payload, $path)"
@@ -207,6 +201,17 @@ def split_unreferenced(
     finally:
         conn.unregister("_referring")
     return kept, dead
+
+
+def running_counts(conn: duckdb.DuckDBPyConnection, table: EventTable) -> dict[str, int]:
+    """The table's declared running counts (all 0 before anything landed)."""
+    if not table.running_counts:
+        return {}
+    if not table_exists(conn, table.table):
+        return {name: 0 for name, _ in table.running_counts}
+    filters = ", ".join(f"count(*) FILTER (WHERE {where})" for _, where in table.running_counts)
+    values = conn.execute(f"SELECT {filters} FROM {quote(table.table)}").fetchall()[0]
+    return {name: int(v) for (name, _), v in zip(table.running_counts, values, strict=True)}
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table | None) -> int:

@@ -9,7 +9,6 @@ the most connected nodes, and the summary says so.
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pyarrow as pa
 import scipy.sparse
 import scipy.sparse.csgraph
 
+from dagster_platform import charts
 from dagster_platform.collector import collector_paused
 from dagster_platform.ontology.build import LINKS_TABLE, OBJECTS_TABLE
 from dagster_platform.warehouse import table_exists
@@ -253,36 +253,28 @@ def store_metrics(conn: duckdb.DuckDBPyConnection, analytics: GraphAnalytics) ->
 
 def picture(og: OntologyGraph, analytics: GraphAnalytics, nodes: int = 60, seed: int = 7) -> bytes:
     """PNG of the subgraph of the `nodes` most connected objects, coloured by object type."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     degree = analytics.metrics.column("degree").to_numpy()
     chosen = np.argsort(-degree, kind="stable")[:nodes].tolist()
     sub = og.graph.subgraph(chosen).to_undirected(as_view=True)
     positions = nx.spring_layout(sub, seed=seed)
-    palette = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(figsize=(11, 8), dpi=100)
-    for index, name in enumerate(og.type_names):
-        members = [node for node in sub if og.node_type[node] == index]
-        if members:
-            nx.draw_networkx_nodes(
-                sub,
-                positions,
-                nodelist=members,
-                node_size=[40 + 40 * float(degree[m]) ** 0.5 for m in members],
-                node_color=[palette(index % 10)],
-                label=name,
-                ax=axes,
-            )
-    nx.draw_networkx_edges(sub, positions, alpha=0.3, width=0.8, ax=axes)
-    labels = {node: og.node_key[node][-24:] for node in chosen[:25]}
-    nx.draw_networkx_labels(sub, positions, labels=labels, font_size=7, ax=axes)
-    axes.set_title(f"The {len(chosen)} most connected of {og.nodes:,} ontology objects")
-    axes.legend(loc="lower left", fontsize=8, markerscale=0.6)
-    axes.axis("off")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    with charts.figure(figsize=(11, 8), dpi=100) as (plt, drawn, axes):
+        palette = plt.get_cmap("tab10")
+        for index, name in enumerate(og.type_names):
+            members = [node for node in sub if og.node_type[node] == index]
+            if members:
+                nx.draw_networkx_nodes(
+                    sub,
+                    positions,
+                    nodelist=members,
+                    node_size=[40 + 40 * float(degree[m]) ** 0.5 for m in members],
+                    node_color=[palette(index % 10)],
+                    label=name,
+                    ax=axes,
+                )
+        nx.draw_networkx_edges(sub, positions, alpha=0.3, width=0.8, ax=axes)
+        labels = {node: og.node_key[node][-24:] for node in chosen[:25]}
+        nx.draw_networkx_labels(sub, positions, labels=labels, font_size=7, ax=axes)
+        axes.set_title(f"The {len(chosen)} most connected of {og.nodes:,} ontology objects")
+        axes.legend(loc="lower left", fontsize=8, markerscale=0.6)
+        axes.axis("off")
+        return charts.png(drawn, bbox_inches="tight")

@@ -7,15 +7,32 @@ tests and Dagster runs see the environment they were started with.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 
 DEFAULT_BROKER_PORT = 19092
+
+Profile = Literal["local", "docker", "k8s"]
+
+# Where each deployment finds its services when nothing else is said: the service names of
+# docker/compose.yaml and docker/k8s/values.yaml. Any environment variable still wins, so a
+# profile is a starting point, never a fork of the code.
+_SERVICES = {
+    "state_dir": "/var/lib/dagster-platform",
+    "kafka_bootstrap_servers": "kafka:9092",
+    "chroma_host": "chroma:8000",
+    "mlflow_tracking_uri": "http://mlflow:5000",
+}
+PROFILES: dict[str, dict[str, Any]] = {
+    "local": {},
+    "docker": {**_SERVICES, "llm_backend": "transformers"},
+    "k8s": {**_SERVICES, "llm_backend": "vllm-server", "vllm_base_url": "http://vllm:8000/v1"},
+}
 
 
 def _default_state_dir() -> Path:
@@ -42,6 +59,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
+    profile: Profile = Field(
+        default="local",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_PROFILE", "profile"),
+        description="Deployment profile whose defaults fill every setting not given: `local` "
+        "(embedded services in the state folder), `docker` (docker/compose.yaml) or `k8s` "
+        "(docker/k8s/values.yaml).",
+    )
     state_dir: Path = Field(
         default_factory=_default_state_dir,
         validation_alias=AliasChoices("DAGSTER_PLATFORM_STATE", "state_dir"),
@@ -190,6 +214,31 @@ class Settings(BaseSettings):
         description="Time zone of the nightly schedule (e.g. Asia/Seoul).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        """Fill what the environment and the caller left out from the chosen profile."""
+        if not isinstance(data, dict):
+            return data
+        given = {str(key).lower() for key in data}
+        profile = next(
+            (
+                v
+                for k, v in data.items()
+                if str(k).lower() in ("dagster_platform_profile", "profile")
+            ),
+            "local",
+        )
+        for name, value in PROFILES.get(str(profile), {}).items():
+            if not given & field_names(name):
+                data[name] = value
+        return data
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where each process writes its Prometheus samples for one exporter to add up."""
+        return self.state_dir / "metrics"
+
     @property
     def embedded_broker(self) -> bool:
         return not self.kafka_bootstrap_servers
@@ -222,6 +271,20 @@ class Settings(BaseSettings):
     @property
     def resolved_mlflow_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+
+def field_names(name: str) -> set[str]:
+    """A setting's field name and environment variables, lower-cased."""
+    alias = Settings.model_fields[name].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return {name, *(str(choice).lower() for choice in choices)}
+
+
+def environment_variables(name: str) -> list[str]:
+    """The environment variables a setting is read from, in order of preference."""
+    alias = Settings.model_fields[name].validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return [str(c) for c in choices if str(c).isupper()]
 
 
 def get_settings() -> Settings:

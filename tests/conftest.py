@@ -46,6 +46,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("DAGSTER_PLATFORM_STATE", str(state))
     for name in (
+        "DAGSTER_PLATFORM_PROFILE",
         "KAFKA_BOOTSTRAP_SERVERS",
         "DAGSTER_PLATFORM_DATA",
         "DAGSTER_PLATFORM_BROKER_PORT",

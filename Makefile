@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models run test lint broker clean
+.PHONY: install models run test lint broker clean postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,36 @@ run: models
 lint: install
 	$(BIN)/ruff check .
 
-test: models lint
+# PostgreSQL server binaries from Debian's packages, for the test of the Postgres-backed
+# instance (the tests start their own throwaway cluster; a service cluster is not used).
+# Installed only when absent, found by the server binaries rather than by psql.
+PG_INITDB := /usr/lib/postgresql/*/bin/initdb
+APT_INSTALL := apt-get install -y --no-install-recommends postgresql
+
+postgresql:
+	@if ls $(PG_INITDB) >/dev/null 2>&1; then \
+		echo "PostgreSQL server: $$(ls -d $(PG_INITDB) | tail -n 1)"; \
+	else \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else \
+			echo "PostgreSQL is not installed, and this user is neither root nor has sudo:" \
+				"install it as root ($(APT_INSTALL)), then run make test again." >&2; \
+			exit 1; \
+		fi; \
+		command -v apt-get >/dev/null 2>&1 || { \
+			echo "PostgreSQL is not installed and apt-get is missing: install the" \
+				"PostgreSQL server (initdb, pg_ctl, postgres), then run make test again." >&2; \
+			exit 1; }; \
+		echo "PostgreSQL server not found ($(PG_INITDB)): installing Debian's postgresql"; \
+		$$SUDO apt-get update && \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive $(APT_INSTALL) || { \
+			echo "installing PostgreSQL failed: $(APT_INSTALL)" >&2; exit 1; }; \
+		ls $(PG_INITDB) >/dev/null 2>&1 || { \
+			echo "postgresql was installed but $(PG_INITDB) is still missing" >&2; exit 1; }; \
+	fi
+
+test: postgresql models lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 broker: install

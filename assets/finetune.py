@@ -32,12 +32,16 @@ from dagster_platform.finetune.registry import CHALLENGER, AdapterRegistry
 from dagster_platform.finetune.training import TrainProgress, train_adapter
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
 from dagster_platform.ingestion.report import markdown_table, png_markdown
+from dagster_platform.k8s import gpu_step_tags
 from dagster_platform.settings import Settings, get_settings
 from resources import WAREHOUSE_POOL, FinetuneResource, LLMResource, WarehouseResource
 
 GROUP = "finetune"
 OWNERS = ["team:ml-platform"]
 FINETUNE_TAG = "dagster-platform/finetune"
+# training, evaluating (the model's loss and answers) and serving the adapter want a GPU node
+# when they run as pods of their own (the k8s profile); elsewhere the tag is not read
+GPU_STEP = gpu_step_tags(get_settings())
 
 
 def _blocking(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
@@ -147,7 +151,13 @@ def _sample_md(rows: list[dict], count: int = 5) -> str:
     return markdown_table(pl.DataFrame(picked)) if picked else "no examples"
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, owners=OWNERS, deps=[sft_dataset])
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    deps=[sft_dataset],
+    op_tags=GPU_STEP,
+)
 def lora_adapter(context: dg.AssetExecutionContext, finetune: FinetuneResource):
     """A LoRA adapter trained on the latest dataset that passed its checks, with the recipe in
     `data/finetune/recipe.yaml` (QLoRA in 4 bits when CUDA is there). Loss and tokens/s go to
@@ -201,7 +211,13 @@ def lora_adapter(context: dg.AssetExecutionContext, finetune: FinetuneResource):
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"pytorch", "mlflow"}, owners=OWNERS, deps=[lora_adapter])
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    deps=[lora_adapter],
+    op_tags=GPU_STEP,
+)
 def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneResource):
     """The challenger beside the champion and the base model: loss, perplexity and ROUGE-L on
     the eval split, and routing, tool and grounding scores on a subset of the golden questions
@@ -255,6 +271,7 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
     owners=OWNERS,
     pool=WAREHOUSE_POOL,
     deps=[adapter_evaluation],
+    op_tags=GPU_STEP,
 )
 def promoted_adapter(
     context: dg.AssetExecutionContext,

@@ -1,7 +1,9 @@
 """The code location: merges what `assets`, `resources` and `sensors` export.
 
-Runs execute in process: every warehouse writer shares one pool slot anyway, and a run that
-does not start a process per step starts landing seconds sooner.
+Locally runs execute in process: every warehouse writer shares one pool slot anyway, and a run
+that does not start a process per step starts landing seconds sooner. In the `k8s` profile each
+step is a pod of its own (dagster-k8s `k8s_job_executor`), so the training and serving steps
+can ask for a GPU node through their `dagster-k8s/config` tags.
 """
 
 import dagster as dg
@@ -9,10 +11,20 @@ import dagster as dg
 import assets
 import resources
 import sensors
+from dagster_platform.settings import Profile, get_settings
+
+
+def executor_for(profile: Profile) -> dg.ExecutorDefinition:
+    if profile == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.in_process_executor
+
 
 defs = dg.Definitions.merge(
     assets.defs,
     resources.defs,
     sensors.defs,
-    dg.Definitions(executor=dg.in_process_executor),
+    dg.Definitions(executor=executor_for(get_settings().profile)),
 )

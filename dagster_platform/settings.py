@@ -214,6 +214,33 @@ class Settings(BaseSettings):
         description="Time zone of the nightly schedule (e.g. Asia/Seoul).",
     )
 
+    k8s_gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
+        validation_alias=AliasChoices(
+            "DAGSTER_PLATFORM_K8S_GPU_NODE_SELECTOR", "k8s_gpu_node_selector"
+        ),
+        description="Node labels (JSON) of the GPU nodes that training and serving steps run "
+        "on in Kubernetes; the default is the label NVIDIA's GPU feature discovery sets.",
+    )
+    k8s_gpu_count: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_K8S_GPU_COUNT", "k8s_gpu_count"),
+        description="GPUs a training or serving step requests.",
+    )
+    k8s_gpu_step_cpu: str = Field(
+        default="4",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_K8S_GPU_STEP_CPU", "k8s_gpu_step_cpu"),
+        description="CPU request of a GPU step (Kubernetes quantity).",
+    )
+    k8s_gpu_step_memory: str = Field(
+        default="32Gi",
+        validation_alias=AliasChoices(
+            "DAGSTER_PLATFORM_K8S_GPU_STEP_MEMORY", "k8s_gpu_step_memory"
+        ),
+        description="Memory request and limit of a GPU step (Kubernetes quantity).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _profile_defaults(cls, data: Any) -> Any:

@@ -48,3 +48,52 @@ def test_unknown_llm_backend_is_a_clear_error(
     monkeypatch.setenv("LLM_BACKEND", "openai")
     with pytest.raises(ValidationError, match="LLM_BACKEND"):
         get_settings()
+
+
+def test_a_profile_fills_what_the_environment_leaves_out(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DAGSTER_PLATFORM_STATE")
+    monkeypatch.setenv("DAGSTER_PLATFORM_PROFILE", "docker")
+    settings = get_settings()
+    assert settings.profile == "docker"
+    assert settings.state_dir == Path("/var/lib/dagster-platform")
+    assert settings.bootstrap_servers == "kafka:9092" and not settings.embedded_broker
+    assert settings.chroma_host == "chroma:8000"
+    assert settings.resolved_mlflow_tracking_uri == "http://mlflow:5000"
+    assert settings.llm_backend == "transformers"
+
+    monkeypatch.setenv("DAGSTER_PLATFORM_PROFILE", "k8s")
+    settings = get_settings()
+    assert settings.llm_backend == "vllm-server"
+    assert settings.vllm_base_url == "http://vllm:8000/v1"
+
+
+def test_the_environment_wins_over_the_profile(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_PROFILE", "k8s")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-0.kafka:9093")
+    monkeypatch.setenv("LLM_BACKEND", "transformers")
+    settings = get_settings()
+    assert settings.state_dir == state_dir
+    assert settings.bootstrap_servers == "broker-0.kafka:9093"
+    assert settings.llm_backend == "transformers"
+    assert settings.chroma_host == "chroma:8000"
+
+
+def test_every_profile_default_is_a_setting() -> None:
+    from dagster_platform.settings import PROFILES, Settings
+
+    assert set(PROFILES) == {"local", "docker", "k8s"}
+    for profile in PROFILES.values():
+        Settings.model_validate(profile)
+        assert set(profile) <= set(Settings.model_fields)
+
+
+def test_an_unknown_profile_is_a_clear_error(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_PROFILE", "production")
+    with pytest.raises(ValidationError, match="DAGSTER_PLATFORM_PROFILE"):
+        get_settings()

@@ -5,9 +5,12 @@ offsets in one DuckDB transaction, then commits the offsets to the consumer grou
 sensors watch. Rollups update on their own (declarative automation) after new rows land.
 """
 
+import time
+
 import dagster as dg
 import polars as pl
 
+from dagster_platform import metrics
 from dagster_platform.ingestion.report import markdown_table
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
 from dagster_platform.kafka.landing import LandingReport, land_stream
@@ -71,6 +74,7 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
     def _land(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, kafka: KafkaResource
     ):
+        started = time.perf_counter()
         try:
             report = land_stream(
                 warehouse.get_connection,
@@ -82,6 +86,7 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
             )
         except KafkaUnavailable as exc:
             raise dg.Failure(description=f"{family.topic}: {exc}; nothing was written.") from exc
+        metrics.record_landing(report, time.perf_counter() - started)  # never raises
         context.log.info(
             f"{family.topic}: consumed {report.consumed}, landed {report.landed_total}, "
             f"dead-lettered {report.dead_lettered}, lag {report.remaining_lag}"

@@ -137,6 +137,29 @@ def status(
         _print_status(report)
 
 
+@app.command("metrics")
+def metrics_exporter(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the exporter.")] = 9464,
+) -> None:
+    """Serve the Prometheus metrics of every process (landing runs, the API) for scraping, where
+    the API with its own /metrics does not run; until Ctrl-C."""
+    from dagster_platform import metrics
+
+    folder = metrics.metrics_dir()
+    try:
+        stop = metrics.serve(host, port, folder)
+    except OSError as exc:
+        raise _fail(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    typer.echo(f"serving the metrics of {folder} on http://{host}:{port}/metrics")
+    try:
+        metrics.wait_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
 @app.command()
 def produce(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same events.")] = 7,

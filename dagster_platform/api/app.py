@@ -9,6 +9,12 @@ The assistant is opened on the first question and kept: it holds the embedder an
 Endpoints are plain functions that FastAPI runs in its threadpool; questions are answered one
 at a time, because an answer both reads and writes the warehouse file and DuckDB refuses a
 read-only and a read-write connection to one file in one process at once.
+
+`GET /metrics` is the exception to keys and limit: Prometheus scrapes without a key, so it
+answers without one, is not rate limited, and is left out of the request metrics it serves.
+It holds counts and latencies by route template, method, status, agent route and rating —
+nothing a key, a user or a question could be read from — added up over every process that
+records into the metrics folder (`dagster_platform.metrics`), the landing runs included.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hmac
 import os
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,15 +31,17 @@ from typing import Annotated, Any
 
 import duckdb
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from limits import parse as parse_limit
 from pydantic import BaseModel, Field
 from slowapi import Limiter, _rate_limit_exceeded_handler
 from slowapi.errors import RateLimitExceeded
 from slowapi.middleware import SlowAPIASGIMiddleware
 from slowapi.util import get_remote_address
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dagster_platform import __version__
+from dagster_platform import __version__, metrics
 from dagster_platform.agents import interactions
 from dagster_platform.agents.assistant import Assistant, QuestionRejected
 from dagster_platform.feedback import (
@@ -48,6 +57,8 @@ from dagster_platform.logs import get_logger
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)
+
+METRICS_PATH = "/metrics"
 
 KEY_FILE = "api_key"
 LOCAL_KEY_NAME = "local"
@@ -229,6 +240,64 @@ class FeedbackQueued(BaseModel):
     status: str = "queued"
 
 
+# --- request metrics ------------------------------------------------------------------------
+
+
+class RequestMetrics:
+    """Counts and times every response by the template of the route that answered (`/ask`),
+    never the raw path, so a scan of made-up paths cannot grow the series (`unmatched`).
+
+    A plain ASGI middleware rather than `prometheus-fastapi-instrumentator`: that one counts
+    into the default in-process registry, which a multiprocess deployment cannot add up, and
+    its `/metrics` would expose one process only. Outermost, so rate-limit refusals (429) and
+    errors (500) are counted too."""
+
+    def __init__(self, app: ASGIApp, metrics_dir: Path):
+        self.app = app
+        self.metrics_dir = metrics_dir
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == METRICS_PATH:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+
+        async def send_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.record_request(
+                _route_template(scope),
+                scope["method"],
+                status_code,
+                time.perf_counter() - started,
+                directory=self.metrics_dir,
+            )
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The path template of the route a request was for, also when it was answered before
+    routing (a rate-limit refusal); None when no route matches."""
+    route = scope.get("route")
+    if route is None:
+        partial = None
+        for candidate in scope["app"].routes:
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+            if match is Match.PARTIAL and partial is None:
+                partial = candidate
+        route = route or partial
+    return getattr(route, "path", None)
+
+
 # --- the app --------------------------------------------------------------------------------
 
 
@@ -256,6 +325,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         services.close()
+        metrics.retire()
 
     app = FastAPI(title="dagster-platform assistant", version=__version__, lifespan=lifespan)
     app.state.api_keys = keys
@@ -263,7 +333,18 @@ def create_app(
         key_func=limit_key, application_limits=[limit], headers_enabled=True
     )
     app.add_middleware(SlowAPIASGIMiddleware)
+    app.add_middleware(RequestMetrics, metrics_dir=settings.metrics_dir)
     app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    @app.state.limiter.exempt
+    def metrics_(request: Request) -> Response:
+        """Prometheus exposition of every process recording into the metrics folder, in the
+        format the scraper asks for (`Accept`), as prometheus_client's own exporter does."""
+        body, content_type = metrics.exposition_for(
+            request.headers.get("accept", ""), settings.metrics_dir
+        )
+        return Response(body, media_type=content_type)
 
     @app.post("/ask", response_model=AskResponse, dependencies=KEY_REQUIRED)
     def ask(body: AskRequest) -> Any:
@@ -276,13 +357,16 @@ def create_app(
         assistant = services.open_assistant()
         try:
             with services.warehouse_lock:
+                started = time.perf_counter()
                 answer = assistant.ask(body.question, body.session_id)
+                answered_in = time.perf_counter() - started
         except QuestionRejected as exc:
             return JSONResponse(
                 {"detail": str(exc), "interaction_id": exc.interaction_id},
                 status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
             )
         record = answer.interaction
+        metrics.record_answer(record.route, answered_in, directory=settings.metrics_dir)
         return AskResponse(
             interaction_id=record.interaction_id,
             session_id=record.session_id,
@@ -311,6 +395,7 @@ def create_app(
             services.publisher().publish(event)
         except KafkaUnavailable as exc:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        metrics.record_feedback(body.rating, directory=settings.metrics_dir)
         return FeedbackQueued(feedback_id=event.feedback_id, interaction_id=event.interaction_id)
 
     @app.get("/status", dependencies=KEY_REQUIRED)

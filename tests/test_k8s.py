@@ -182,3 +182,14 @@ def test_gpu_nodes_and_sizes_are_settings(state_dir: Path, monkeypatch: pytest.M
     monkeypatch.setenv("DAGSTER_PLATFORM_K8S_GPU_COUNT", "0")
     with pytest.raises(ValueError, match="DAGSTER_PLATFORM_K8S_GPU_COUNT"):
         get_settings()
+
+
+def test_the_chart_and_the_stack_use_the_installed_postgres_driver(
+    values: dict[str, Any],
+) -> None:
+    import importlib.util
+
+    stack = yaml.safe_load((REPO_ROOT / "docker" / "dagster.yaml").read_text(encoding="utf-8"))
+    scheme = stack["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert values["postgresql"]["postgresqlScheme"] == scheme == "postgresql+psycopg2"
+    assert importlib.util.find_spec("psycopg2") is not None

@@ -248,14 +248,8 @@ class Settings(BaseSettings):
         if not isinstance(data, dict):
             return data
         given = {str(key).lower() for key in data}
-        profile = next(
-            (
-                v
-                for k, v in data.items()
-                if str(k).lower() in ("dagster_platform_profile", "profile")
-            ),
-            "local",
-        )
+        names = field_names("profile")
+        profile = next((v for k, v in data.items() if str(k).lower() in names), "local")
         for name, value in PROFILES.get(str(profile), {}).items():
             if not given & field_names(name):
                 data[name] = value
@@ -305,13 +299,6 @@ def field_names(name: str) -> set[str]:
     alias = Settings.model_fields[name].validation_alias
     choices = alias.choices if isinstance(alias, AliasChoices) else []
     return {name, *(str(choice).lower() for choice in choices)}
-
-
-def environment_variables(name: str) -> list[str]:
-    """The environment variables a setting is read from, in order of preference."""
-    alias = Settings.model_fields[name].validation_alias
-    choices = alias.choices if isinstance(alias, AliasChoices) else []
-    return [str(c) for c in choices if str(c).isupper()]
 
 
 def get_settings() -> Settings:

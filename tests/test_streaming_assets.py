@@ -30,7 +30,9 @@ def broker(tmp_path: Path):
 
 
 @pytest.fixture
-def resources(broker: EmbeddedBroker, tmp_path: Path) -> dict:
+def resources(broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> dict:
+    """The warehouse and broker of one test; `state_dir` keeps what the landings record (the
+    metrics samples) out of the checkout's state folder."""
     return {
         "warehouse": WarehouseResource(database=str(tmp_path / "warehouse.duckdb")),
         "kafka": KafkaResource(bootstrap_servers=broker.bootstrap_servers, timeout_seconds=4),

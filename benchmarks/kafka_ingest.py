@@ -8,12 +8,16 @@ All three read the same pre-produced host metric events from the same private br
     events, because it would take minutes on all of them (its rate is what is compared).
 (a) and (b) run ROUNDS times, alternating, each landing into a fresh warehouse; the medians are
 compared, because the broker shares the machine's two cores and one round can stall.
+
+Each round also counts the CPU time it took, this process's and the broker's: the CPU that (b)
+needs, spread over every core, bounds how close to (a) it can come on this machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.common import fresh_topic, machine, metric_payloads, private_broker, produce_all
@@ -42,6 +47,22 @@ def _consumer(bootstrap_servers: str, group: str) -> Consumer:
             "log_level": 0,
         }
     )
+
+
+class CpuClock:
+    """CPU seconds (user + system) of this process and the broker's since the last reading."""
+
+    def __init__(self, broker_pid: int):
+        self.processes = [psutil.Process(), psutil.Process(broker_pid)]
+        self.last = self._now()
+
+    def _now(self) -> float:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in self.processes))
+
+    def lap(self) -> float:
+        now = self._now()
+        spent, self.last = now - self.last, now
+        return spent
 
 
 def consume_only(bootstrap_servers: str, topic: str, events: int, group: str) -> float:
@@ -104,10 +125,17 @@ def run() -> dict[str, Any]:
         servers = broker.bootstrap_servers
         topic = fresh_topic(servers, PARTITIONS)
         produce_all(servers, topic, metric_payloads(EVENTS))
-        consume_rounds, landing_rounds = [], []
+        consume_rounds, landing_rounds, consume_cpu, landing_cpu = [], [], [], []
+        pid = broker.running_pid()
+        if pid is None:
+            raise RuntimeError("the benchmark broker is not running")
+        clock = CpuClock(pid)
         for round_ in range(ROUNDS):
+            clock.lap()
             consume_rounds.append(consume_only(servers, topic, EVENTS, f"bench-consume-{round_}"))
+            consume_cpu.append(clock.lap())
             seconds, landed = landing(servers, topic, Path(folder) / f"landing{round_}.duckdb")
+            landing_cpu.append(clock.lap())
             if landed != EVENTS:
                 raise RuntimeError(f"landed {landed} of {EVENTS} events")
             landing_rounds.append(seconds)
@@ -117,6 +145,10 @@ def run() -> dict[str, Any]:
     consume_eps = EVENTS / consume_seconds
     landing_eps = EVENTS / landing_seconds
     naive_eps = NAIVE_EVENTS / naive_seconds
+    cores = os.cpu_count() or 1
+    landing_cpu_seconds = statistics.median(landing_cpu)
+    # every core busy for the whole landing: the least time it can take on this machine
+    landing_floor_seconds = landing_cpu_seconds / cores
     return {
         "name": "kafka-ingest",
         "events": EVENTS,
@@ -130,7 +162,12 @@ def run() -> dict[str, Any]:
         "rounds": ROUNDS,
         "consume_only_rounds_seconds": [round(x, 3) for x in consume_rounds],
         "landing_rounds_seconds": [round(x, 3) for x in landing_rounds],
+        "consume_only_cpu_seconds": round(statistics.median(consume_cpu), 3),
+        "landing_cpu_seconds": round(landing_cpu_seconds, 3),
+        "cpu_cores": cores,
+        "landing_floor_seconds": round(landing_floor_seconds, 3),
         "ratio_landing_vs_consume_only": round(landing_eps / consume_eps, 3),
+        "ratio_landing_floor_vs_consume_only": round(consume_seconds / landing_floor_seconds, 3),
         "ratio_landing_vs_naive": round(landing_eps / naive_eps, 1),
         "machine": machine(),
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,21 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
         [table],
     ).fetchall()  # read to the end: DuckDB 2.0 refuses new work on a half-read result
     return bool(row and row[0][0])
+
+
+@contextmanager
+def registered(conn: duckdb.DuckDBPyConnection, name: str, data: object) -> Iterator[None]:
+    """`data` (Arrow, a reader of it) as view `name` for the block. When the block fails, the
+    view goes with the transaction's rollback: an aborted transaction refuses even to drop
+    it, and that refusal must not hide the error that aborted it."""
+    conn.register(name, data)
+    try:
+        yield
+    except BaseException:
+        with suppress(duckdb.Error):
+            conn.unregister(name)
+        raise
+    conn.unregister(name)
 
 
 def replace_table(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:

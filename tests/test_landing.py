@@ -24,8 +24,10 @@ from dagster_platform.kafka.events import (
     encode,
 )
 from dagster_platform.kafka.landing import (
+    BackgroundWriter,
     ConcurrentLanding,
     Decoder,
+    LandingAborted,
     RangeFetch,
     consumer_for,
     land_stream,
@@ -269,6 +271,68 @@ def test_a_clean_batch_is_decoded_whole_and_split_by_table() -> None:
     assert jobs["kafka_partition"].to_pylist()[:2] == [0, 0]
     assert batch.landed_per_partition == {0: 1000, 1: 1000, 2: 1000}
     assert batch.next_offsets == {0: 1000, 1: 1000, 2: 1000}
+
+
+def decoded(first: int, count: int, partition: int = 0) -> object:
+    """A decoded batch of host metrics and Spark job events at offsets first.. of a partition."""
+    values = [encode(metric(i)) if i % 4 else encode(job(i)) for i in range(first, first + count)]
+    records = [
+        Message(topic="t", partition=partition, offset=first + i, value=value)
+        for i, value in enumerate(values)
+    ]
+    return Decoder(RAW_EVENTS).decode(records)
+
+
+def test_the_background_writer_lands_every_table_in_one_transaction(database) -> None:
+    with database() as conn:
+        ensure_tables(conn, RAW_EVENTS)
+    with BackgroundWriter(database, RAW_EVENTS, {}) as writer:
+        for first in range(0, 1200, 400):
+            writer.put(decoded(first, 400))
+        written = writer.result()
+    assert written.landed == {"host_metrics": 900, "spark_job_events": 300}
+    assert written.next_offsets == written.now_at == {0: 1200}
+    assert rows(database, "SELECT min(kafka_offset), max(kafka_offset) FROM host_metrics") == [
+        (1, 1199)
+    ]
+    assert count(database, "spark_job_events") == 300
+    assert_nothing_dropped(database, RAW_EVENTS)
+
+
+def test_a_run_that_fails_while_decoding_writes_nothing(database) -> None:
+    with database() as conn:
+        ensure_tables(conn, RAW_EVENTS)
+    writer = BackgroundWriter(database, RAW_EVENTS, {})
+    with pytest.raises(ValueError, match="decoding broke"), writer:
+        writer.put(decoded(0, 500))
+        raise ValueError("decoding broke")
+    # the writer rolled back and let the warehouse go: a new connection sees nothing
+    assert count(database, "host_metrics") == count(database, "spark_job_events") == 0
+    assert count(database, "stream_offsets") == 0
+
+
+def test_the_writer_s_refusal_reaches_the_run(database) -> None:
+    with database() as conn:
+        ensure_tables(conn, RAW_EVENTS)
+    writer = BackgroundWriter(database, RAW_EVENTS, {0: 700})  # the warehouse is not there
+    with writer, pytest.raises(ConcurrentLanding, match="advanced since this run started"):
+        writer.put(decoded(700, 100))
+        writer.result()
+    with pytest.raises(ConcurrentLanding):  # and once it is known, a put says so at once
+        writer.put(decoded(800, 100))
+    assert count(database, "host_metrics") == 0
+
+
+def test_an_abandoned_writer_stops_its_stream(database) -> None:
+    with database() as conn:
+        ensure_tables(conn, RAW_EVENTS)
+    writer = BackgroundWriter(database, RAW_EVENTS, {})
+    with contextlib.suppress(KeyboardInterrupt), writer:
+        writer.put(decoded(0, 300))
+        raise KeyboardInterrupt
+    with pytest.raises(LandingAborted, match="before every batch was decoded"):
+        writer.result()
+    assert count(database, "host_metrics") == 0
 
 
 def test_an_oversized_message_is_dead_lettered_not_decoded(

@@ -22,8 +22,11 @@ Severity = Literal["sev1", "sev2", "sev3", "sev4"]
 JobState = Literal["SUBMITTED", "ACCEPTED", "RUNNING", "FINISHED", "FAILED", "KILLED"]
 
 
-class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
-    """Fields every event has: a unique id and the time it happened (RFC 3339)."""
+class Event(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, gc=False):
+    """Fields every event has: a unique id and the time it happened (RFC 3339).
+
+    Events hold only scalars, so they can form no reference cycle: `gc=False` keeps the
+    collector from tracking the hundreds of thousands a landing run decodes."""
 
     event_id: Identifier
     ts: datetime

@@ -16,9 +16,11 @@ consumed.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from itertools import compress
@@ -128,6 +130,13 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("payload", pa.binary()),
     ]
 )
+PAYLOAD_SCHEMA = pa.schema(  # the valid messages of one landing table, before typing
+    [
+        pa.field("kafka_partition", pa.int32()),
+        pa.field("kafka_offset", pa.int64()),
+        pa.field("payload", pa.large_string()),
+    ]
+)
 _OPEN, _CLOSE = ord("{"), ord("}")
 
 
@@ -206,9 +215,10 @@ class Decoder:
         )
         if len(self._tables) == 1:
             return payload, np.zeros(len(values), dtype=np.int8)
-        tables = np.fromiter(
-            map(self._index.__getitem__, map(type, events)), dtype=np.int8, count=len(events)
-        )
+        types = list(map(type, events))
+        if types.count(types[0]) == len(types):  # the usual batch: one event type
+            return payload, np.full(len(types), self._index[types[0]], dtype=np.int8)
+        tables = np.fromiter(map(self._index.__getitem__, types), dtype=np.int8, count=len(types))
         return payload, tables
 
     def _one_by_one(
@@ -287,8 +297,7 @@ class Decoder:
                     _payload_array(list(compress(values, mine))),
                 )
             payloads[table] = pa.Table.from_arrays(
-                [_numeric(rows[0]), _numeric(rows[1]), rows[2]],
-                names=["kafka_partition", "kafka_offset", "payload"],
+                [_numeric(rows[0]), _numeric(rows[1]), rows[2]], schema=PAYLOAD_SCHEMA
             )
         return DecodedBatch(
             payloads,
@@ -454,67 +463,197 @@ class Written:
     dead: int
     reasons: Counter[str]
     next_offsets: dict[int, int]
+    now_at: dict[int, int] = field(default_factory=dict)  # the warehouse's offsets after it
 
     @property
     def consumed(self) -> int:
         return sum(self.landed.values()) + self.dead
 
 
+class LandingTransaction:
+    """One DuckDB transaction that lands decoded batches as they come: rows, dead letters and
+    offsets of every batch, if the warehouse still stands where this run started. A run that
+    committed in between wins, and one that commits while this transaction is open makes
+    DuckDB refuse one of the two commits.
+
+    The family's first table (the bulk of it: host metrics, alerts) takes its rows through
+    one INSERT that reads them as a stream while they are still being decoded; DuckDB appends
+    fastest in one statement, and many small ones would cost half as much again. Rows of the
+    other tables, and of a table whose rows must refer to others, are inserted at the end."""
+
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, family: StreamFamily, start: dict[int, int]
+    ):
+        self.conn, self.family = conn, family
+        self.next_offsets: dict[int, int] = {}
+        self.landed_per_partition: Counter[int] = Counter()
+        self.dead_per_partition: Counter[int] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.landed = {t.table: 0 for t in family.tables}
+        self._dead_letters: list[pa.Table] = []
+        self._held: dict[str, list[pa.Table]] = {t.table: [] for t in family.tables}
+        first = family.tables[0]
+        self._streamed = first if first.reference is None else None
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            now_at = read_offsets(conn, family)
+            moved = sorted(p for p in now_at.keys() | start.keys() if now_at.get(p) != start.get(p))
+            if moved:
+                raise ConcurrentLanding(
+                    f"{family.topic}: partitions {moved} advanced since this run started "
+                    "(another landing run?); nothing written"
+                )
+        except BaseException:
+            self.rollback()
+            raise
+
+    def land(self, batches: Iterable[DecodedBatch]) -> None:
+        """Write the rows of `batches`, which may still be arriving, and tally them."""
+        streamed = self._streamed
+        if streamed is None:
+            for batch in batches:
+                self._tally(batch)
+        else:
+            reader = pa.RecordBatchReader.from_batches(
+                PAYLOAD_SCHEMA, self._streamed_rows(batches, streamed.table)
+            )
+            self.landed[streamed.table] = insert_events(
+                self.conn, streamed, self.family.topic, reader
+            )
+        for t in self.family.tables:
+            if t is streamed:
+                continue
+            rows = _concat(self._held.pop(t.table))
+            if t.reference is not None:
+                rows, unknown = split_unreferenced(self.conn, t, self.family.topic, rows)
+                if unknown is not None and unknown.num_rows:
+                    moved_out = _counts(unknown.column("kafka_partition").to_numpy())
+                    self.landed_per_partition.subtract(moved_out)
+                    self.dead_per_partition.update(moved_out)
+                    self.reasons[t.reference.reason] += unknown.num_rows
+                    self._dead_letters.append(unknown.cast(DEAD_LETTER_SCHEMA))
+            self.landed[t.table] = insert_events(self.conn, t, self.family.topic, rows)
+
+    def _streamed_rows(
+        self, batches: Iterable[DecodedBatch], table: str
+    ) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self._tally(batch)
+            yield from batch.payloads[table].to_batches()
+
+    def _tally(self, batch: DecodedBatch) -> None:
+        """Count a batch in, and hold the rows that are inserted at the end."""
+        for partition, offset in batch.next_offsets.items():
+            self.next_offsets[partition] = max(offset, self.next_offsets.get(partition, 0))
+        self.landed_per_partition.update(batch.landed_per_partition)
+        self.dead_per_partition.update(batch.dead_per_partition)
+        self.reasons.update(batch.reasons)
+        self._dead_letters.append(batch.dead_letters)
+        for table, rows in batch.payloads.items():
+            if self._streamed is None or table != self._streamed.table:
+                self._held[table].append(rows)
+
+    def commit(self) -> Written:
+        try:
+            dead = insert_rows(self.conn, DEAD_LETTER_TABLE, _concat(self._dead_letters))
+            advance_offsets(
+                self.conn,
+                self.family,
+                [
+                    (p, n, self.landed_per_partition[p], self.dead_per_partition[p])
+                    for p, n in sorted(self.next_offsets.items())
+                ],
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        return Written(self.landed, dead, self.reasons, self.next_offsets)
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+
 def write_batches(
     conn: duckdb.DuckDBPyConnection,
     family: StreamFamily,
     start: dict[int, int],
-    batches: list[DecodedBatch],
+    batches: Iterable[DecodedBatch],
 ) -> Written:
-    """One transaction: rows, dead letters and offsets of every batch, if the warehouse still
-    stands where this run started; a run that committed in between wins, and one that commits
-    while this transaction is open makes DuckDB refuse one of the two commits."""
-    conn.execute("BEGIN TRANSACTION")
+    """Land decoded batches in one transaction (see `LandingTransaction`)."""
+    transaction = LandingTransaction(conn, family, start)
     try:
-        now_at = read_offsets(conn, family)
-        moved = sorted(p for p in now_at.keys() | start.keys() if now_at.get(p) != start.get(p))
-        if moved:
-            raise ConcurrentLanding(
-                f"{family.topic}: partitions {moved} advanced since this run started "
-                "(another landing run?); nothing written"
-            )
-        next_offsets: dict[int, int] = {}
-        landed_per_partition: Counter[int] = Counter()
-        dead_per_partition: Counter[int] = Counter()
-        reasons: Counter[str] = Counter()
-        for batch in batches:
-            for partition, offset in batch.next_offsets.items():
-                next_offsets[partition] = max(offset, next_offsets.get(partition, 0))
-            landed_per_partition.update(batch.landed_per_partition)
-            dead_per_partition.update(batch.dead_per_partition)
-            reasons.update(batch.reasons)
-        dead_letters = [b.dead_letters for b in batches]
-        landed: dict[str, int] = {}
-        for t in family.tables:  # one insert per table: many small ones cost half as much again
-            rows = _concat([b.payloads[t.table] for b in batches])
-            if t.reference is not None:
-                rows, unknown = split_unreferenced(conn, t, family.topic, rows)
-                if unknown is not None and unknown.num_rows:
-                    moved_out = _counts(unknown.column("kafka_partition").to_numpy())
-                    landed_per_partition.subtract(moved_out)
-                    dead_per_partition.update(moved_out)
-                    reasons[t.reference.reason] += unknown.num_rows
-                    dead_letters.append(unknown.cast(DEAD_LETTER_SCHEMA))
-            landed[t.table] = insert_events(conn, t, family.topic, rows)
-        dead = insert_rows(conn, DEAD_LETTER_TABLE, _concat(dead_letters))
-        advance_offsets(
-            conn,
-            family,
-            [
-                (p, n, landed_per_partition[p], dead_per_partition[p])
-                for p, n in sorted(next_offsets.items())
-            ],
-        )
-        conn.execute("COMMIT")
+        transaction.land(batches)
     except BaseException:
-        conn.execute("ROLLBACK")
+        transaction.rollback()
         raise
-    return Written(landed, dead, reasons, next_offsets)
+    return transaction.commit()
+
+
+class LandingAborted(RuntimeError):
+    """The run stopped before it had decoded every batch; the writer rolled back."""
+
+
+_DONE, _ABORT = object(), object()
+
+
+class BackgroundWriter:
+    """`write_batches` on a thread of its own, fed through a queue while batches are decoded:
+    DuckDB releases the GIL while it inserts, so on two cores it appends one batch while
+    Python validates the next.
+
+    The thread opens the warehouse itself, so the connection only ever lives on it. An error
+    on either side rolls the transaction back: `put` raises the writer's error as soon as it
+    is known, and leaving the block with an error stops the writer's stream."""
+
+    def __init__(self, connect: Connect, family: StreamFamily, start: dict[int, int]):
+        self._connect, self._family, self._start = connect, family, start
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._stream_error: LandingAborted | None = None
+        self._written: Written | None = None
+        self._thread = threading.Thread(target=self._run, name="landing-writer", daemon=True)
+
+    def __enter__(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def put(self, batch: DecodedBatch) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def result(self) -> Written:
+        self._queue.put(_DONE)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._written is None:
+            raise LandingAborted("the landing writer stopped without a result")
+        return self._written
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_ABORT)
+            self._thread.join()
+
+    def _batches(self) -> Iterator[DecodedBatch]:
+        while (item := self._queue.get()) is not _DONE:
+            if item is _ABORT:  # DuckDB wraps what its stream raises: keep the original
+                self._stream_error = LandingAborted(
+                    "the landing run stopped before every batch was decoded"
+                )
+                raise self._stream_error
+            yield cast(DecodedBatch, item)
+
+    def _run(self) -> None:
+        try:
+            with self._connect() as conn:
+                written = write_batches(conn, self._family, self._start, self._batches())
+                written.now_at = read_offsets(conn, self._family)
+                self._written = written
+        except BaseException as exc:
+            self._error = self._stream_error or exc
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -562,11 +701,11 @@ def land_stream(
             # fetch everything first: pausing between fetches to decode makes librdkafka's
             # prefetching stall, and fetching then takes twice as long
             fetched = list(fetch)
-            batches = [decoder.decode(records) for records in fetched]
-            del fetched
-        with connect() as conn:
-            written = write_batches(conn, family, start, batches)
-            now_at = read_offsets(conn, family)
+            with BackgroundWriter(connect, family, start) as writer:
+                while fetched:  # each fetched batch's messages are freed once decoded
+                    writer.put(decoder.decode(fetched.pop(0)))
+                written = writer.result()
+        now_at = written.now_at
         report.consumed = written.consumed
         report.landed = written.landed
         report.dead_lettered = written.dead

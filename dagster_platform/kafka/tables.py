@@ -16,7 +16,7 @@ import msgspec
 import pyarrow as pa
 
 from dagster_platform.kafka.events import STREAM_FAMILIES, EventTable, StreamFamily
-from dagster_platform.warehouse import quote, table_exists
+from dagster_platform.warehouse import quote, registered, table_exists
 
 COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
 DEAD_LETTER_TABLE = "dead_letter_events"
@@ -65,22 +65,22 @@ def _typed_select(table: EventTable, source: str) -> str:
 
 
 def insert_events(
-    conn: duckdb.DuckDBPyConnection, table: EventTable, topic: str, batch: pa.Table | None
+    conn: duckdb.DuckDBPyConnection,
+    table: EventTable,
+    topic: str,
+    batch: pa.Table | pa.RecordBatchReader | None,
 ) -> int:
     """Insert validated payloads (kafka_partition, kafka_offset, payload) as typed rows;
-    return how many were inserted."""
-    if batch is None or batch.num_rows == 0:
+    return how many were inserted. A reader is inserted as DuckDB pulls its batches."""
+    if batch is None or (isinstance(batch, pa.Table) and batch.num_rows == 0):
         return 0
     names = ", ".join(quote(name) for name, _ in event_columns(table))
-    conn.register("_payloads", batch)
-    try:
+    with registered(conn, "_payloads", batch):
         (inserted,) = conn.execute(
             f"INSERT INTO {quote(table.table)} (kafka_topic, kafka_partition, "
             f"kafka_offset, {names}) SELECT $topic, * FROM ({_typed_select(table, '_payloads')})",
             {"topic": topic},
         ).fetchone()
-    finally:
-        conn.unregister("_payloads")
     return int(inserted)
 
 
@@ -174,8 +174,7 @@ def split_unreferenced(
     )
     why = f"not found in {reference.table}" if exists else f"no {reference.table} table yet"
     params = {"path": f"$.{reference.column}"}
-    conn.register("_referring", batch)
-    try:
+    with registered(conn, "_referring", batch):
         kept = (
             conn.sql(
                 f"SELECT p.kafka_partition, p.kafka_offset, p.payload FROM _referring p "
@@ -198,8 +197,6 @@ def split_unreferenced(
                 "error": f"{reference.column} '%s': {why}",
             },
         ).to_arrow_table()
-    finally:
-        conn.unregister("_referring")
     return kept, dead
 
 
@@ -218,14 +215,11 @@ def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, batch: pa.Table | N
     """Insert an Arrow table's rows by column name; return how many were inserted."""
     if batch is None or batch.num_rows == 0:
         return 0
-    conn.register("_batch", batch)
-    try:
-        columns = ", ".join(quote(name) for name in batch.column_names)
+    columns = ", ".join(quote(name) for name in batch.column_names)
+    with registered(conn, "_batch", batch):
         (inserted,) = conn.execute(
             f"INSERT INTO {quote(table)} ({columns}) SELECT {columns} FROM _batch"
         ).fetchone()
-    finally:
-        conn.unregister("_batch")
     return int(inserted)
 
 

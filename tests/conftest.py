@@ -41,38 +41,46 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
     broker.stop()
 
 
+OUR_ENVIRONMENT = (
+    "DAGSTER_PLATFORM_PROFILE",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "DAGSTER_PLATFORM_DATA",
+    "DAGSTER_PLATFORM_BROKER_PORT",
+    "DAGSTER_PLATFORM_ONTOLOGY",
+    "DAGSTER_PLATFORM_ROLES",
+    "YARN_RESOURCE_MANAGER_URL",
+    "CHROMA_HOST",
+    "EMBEDDING_MODEL",
+    "MLFLOW_TRACKING_URI",
+    "LLM_BACKEND",
+    "VLLM_BASE_URL",
+    "VLLM_API_KEY",
+    "BASE_MODEL",
+    "REGISTERED_MODEL",
+    "LLM_TIMEOUT_S",
+    "LLM_RETRIES",
+    "LLM_BREAKER_FAIL_MAX",
+    "LLM_BREAKER_RESET_S",
+    "LLM_BREAKER_SUCCESS_THRESHOLD",
+    "DAGSTER_PLATFORM_API_KEYS",
+    "DAGSTER_PLATFORM_API_RATE_LIMIT",
+    "DAGSTER_PLATFORM_FINETUNE_THRESHOLD",
+    "DAGSTER_PLATFORM_FINETUNE_CRON",
+    "DAGSTER_PLATFORM_FINETUNE_TIMEZONE",
+)
+
+
+def isolate_environment(monkeypatch: pytest.MonkeyPatch, state: Path) -> None:
+    """Point the platform at `state` and forget every setting this shell may carry."""
+    monkeypatch.setenv("DAGSTER_PLATFORM_STATE", str(state))
+    for name in OUR_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
-    monkeypatch.setenv("DAGSTER_PLATFORM_STATE", str(state))
-    for name in (
-        "DAGSTER_PLATFORM_PROFILE",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "DAGSTER_PLATFORM_DATA",
-        "DAGSTER_PLATFORM_BROKER_PORT",
-        "DAGSTER_PLATFORM_ONTOLOGY",
-        "DAGSTER_PLATFORM_ROLES",
-        "YARN_RESOURCE_MANAGER_URL",
-        "CHROMA_HOST",
-        "EMBEDDING_MODEL",
-        "MLFLOW_TRACKING_URI",
-        "LLM_BACKEND",
-        "VLLM_BASE_URL",
-        "VLLM_API_KEY",
-        "BASE_MODEL",
-        "REGISTERED_MODEL",
-        "LLM_TIMEOUT_S",
-        "LLM_RETRIES",
-        "LLM_BREAKER_FAIL_MAX",
-        "LLM_BREAKER_RESET_S",
-        "LLM_BREAKER_SUCCESS_THRESHOLD",
-        "DAGSTER_PLATFORM_API_KEYS",
-        "DAGSTER_PLATFORM_API_RATE_LIMIT",
-        "DAGSTER_PLATFORM_FINETUNE_THRESHOLD",
-        "DAGSTER_PLATFORM_FINETUNE_CRON",
-        "DAGSTER_PLATFORM_FINETUNE_TIMEZONE",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    isolate_environment(monkeypatch, state)
     return state
 
 

@@ -28,7 +28,7 @@ from dagster_platform.knowledge.evaluation import (
 from dagster_platform.knowledge.retriever import Hit
 from resources import DataFolderResource, OntologyResource, WarehouseResource
 from resources.knowledge import KnowledgeResource
-from tests.conftest import ONTOLOGY_DIR
+from tests.conftest import ONTOLOGY_DIR, SAMPLE_DIR, isolate_environment
 from tests.test_ontology_assets import checks, materialized, metadata
 
 pytestmark = pytest.mark.slow
@@ -61,11 +61,30 @@ def run(
 EMBED = ["document_chunks", "chunk_embeddings"]
 
 
-@pytest.fixture
-def built(sample_warehouse: Path, state_dir: Path, data_dir: Path) -> Path:
-    """The ontology and the knowledge base built once from the sample."""
-    result = run(sample_warehouse, state_dir, data_dir)
+KNOWLEDGE_STATE = ("chroma", "bm25")
+
+
+@pytest.fixture(scope="module")
+def built_template(sample_warehouse_template: Path, tmp_path_factory) -> Path:
+    """The ontology and the knowledge base built once from the sample: embedding every chunk
+    takes half a minute, so the tests that change them each take a copy."""
+    root = tmp_path_factory.mktemp("knowledge")
+    warehouse, state, data = root / "warehouse.duckdb", root / "state", root / "data"
+    shutil.copyfile(sample_warehouse_template, warehouse)
+    shutil.copytree(SAMPLE_DIR, data)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_environment(monkeypatch, state)
+        result = run(warehouse, state, data)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return root
+
+
+@pytest.fixture
+def built(built_template: Path, sample_warehouse: Path, state_dir: Path) -> Path:
+    """A private copy of the built warehouse and knowledge stores; the warehouse's path."""
+    shutil.copyfile(built_template / "warehouse.duckdb", sample_warehouse)
+    for name in KNOWLEDGE_STATE:
+        shutil.copytree(built_template / "state" / name, state_dir / name)
     return sample_warehouse
 
 
@@ -204,10 +223,10 @@ def test_the_cli_searches_what_the_assets_built(built: Path, state_dir: Path) ->
     question = "NameNode가 safe mode에서 안 빠져나올 때 어떻게 해?"
     result = runner.invoke(app, ["knowledge", "search", question, "--json"])
     assert result.exit_code == 0, result.output
-    assert "rb-hdfs-namenode-safemode" in [row["doc_id"] for row in json.loads(result.output)]
+    assert "rb-hdfs-namenode-safemode" in [row["doc_id"] for row in json.loads(result.stdout)]
     incidents = runner.invoke(
         app, ["knowledge", "search", question, "--source", "incident", "--json"]
     )
-    assert {row["source"] for row in json.loads(incidents.output)} == {"incident"}
+    assert {row["source"] for row in json.loads(incidents.stdout)} == {"incident"}
     wrong = runner.invoke(app, ["knowledge", "search", question, "--mode", "magic"])
     assert wrong.exit_code == 1 and "unknown mode 'magic'" in wrong.output

@@ -463,7 +463,7 @@ class Written:
     dead: int
     reasons: Counter[str]
     next_offsets: dict[int, int]
-    now_at: dict[int, int] = field(default_factory=dict)  # the warehouse's offsets after it
+    now_at: dict[int, int]  # where the warehouse stands after the commit
 
     @property
     def consumed(self) -> int:
@@ -568,7 +568,8 @@ class LandingTransaction:
         except BaseException:
             self.rollback()
             raise
-        return Written(self.landed, dead, self.reasons, self.next_offsets)
+        now_at = read_offsets(self.conn, self.family)
+        return Written(self.landed, dead, self.reasons, self.next_offsets, now_at)
 
     def rollback(self) -> None:
         self.conn.execute("ROLLBACK")
@@ -649,9 +650,7 @@ class BackgroundWriter:
     def _run(self) -> None:
         try:
             with self._connect() as conn:
-                written = write_batches(conn, self._family, self._start, self._batches())
-                written.now_at = read_offsets(conn, self._family)
-                self._written = written
+                self._written = write_batches(conn, self._family, self._start, self._batches())
         except BaseException as exc:
             self._error = self._stream_error or exc
 

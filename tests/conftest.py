@@ -78,6 +78,15 @@ def isolate_environment(monkeypatch: pytest.MonkeyPatch, state: Path) -> None:
 
 
 @pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own, for tests that count every message on a topic or stop it."""
+    broker = EmbeddedBroker(free_port(), tmp_path / "broker")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     isolate_environment(monkeypatch, state)

@@ -4,7 +4,6 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import msgspec
 import pytest
 from confluent_kafka import Message, Producer, TopicPartition
 
-from dagster_platform.kafka.broker import EmbeddedBroker, free_port
+from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.events import (
     ALERT_EVENTS,
     RAW_EVENTS,
@@ -469,14 +468,6 @@ def test_alerts_land_in_their_own_table(kafka_broker: EmbeddedBroker, database) 
     report = land_stream(database, kafka_broker.bootstrap_servers, ALERT_EVENTS)
     assert report.landed["alert_events"] >= 1
     assert rows(database, f"SELECT value FROM alert_events WHERE event_id = '{alert.event_id}'")
-
-
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    broker = EmbeddedBroker(free_port(), tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def test_broker_stopped_before_a_run(private_broker: EmbeddedBroker, database) -> None:

@@ -241,27 +241,20 @@ def test_metrics_are_not_rate_limited_and_refusals_are_counted(api_settings: Set
 # --- a landing asset --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A private broker: the landing consumes everything on the topic."""
-    broker = EmbeddedBroker(free_port(), tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
-
-
 def test_a_landing_run_counts_landed_and_dead_lettered_events(
-    state_dir: Path, broker: EmbeddedBroker, tmp_path: Path
+    state_dir: Path, private_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     (land_raw_events,) = [a for a in landing_assets if a.node_def.name == "land_raw_events"]
     resources = {
         "warehouse": WarehouseResource(database=str(tmp_path / "warehouse.duckdb")),
-        "kafka": KafkaResource(bootstrap_servers=broker.bootstrap_servers, timeout_seconds=4),
+        "kafka": KafkaResource(
+            bootstrap_servers=private_broker.bootstrap_servers, timeout_seconds=4
+        ),
     }
     folder = Settings(state_dir=state_dir).metrics_dir
     family = {"family": "raw_events"}
 
-    produce(broker, "raw-data-stream", [*samples(2), b"{oops"])
+    produce(private_broker, "raw-data-stream", [*samples(2), b"{oops"])
     assert dg.materialize([land_raw_events], resources=resources).success
     seen = scrape(folder)
     assert value(seen, "events_landed_total", **family, table="host_metrics") == 8
@@ -269,7 +262,7 @@ def test_a_landing_run_counts_landed_and_dead_lettered_events(
     assert value(seen, "consumer_lag_messages", **family) == 0
     assert value(seen, "landing_duration_seconds_count", **family) == 1
 
-    produce(broker, "raw-data-stream", samples(1))
+    produce(private_broker, "raw-data-stream", samples(1))
     assert dg.materialize([land_raw_events], resources=resources).success
     seen = scrape(folder)
     assert value(seen, "events_landed_total", **family, table="host_metrics") == 12

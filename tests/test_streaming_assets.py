@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from assets.streaming import dead_letter_events, landing_assets, rollup_assets
 from dagster_platform.definitions import defs
-from dagster_platform.kafka.broker import EmbeddedBroker, free_port
+from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.events import HostMetricV1, SparkJobEventV1, encode
 from dagster_platform.rollups import ROLLUPS
 from resources import KafkaResource, WarehouseResource
@@ -21,21 +21,14 @@ T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def broker(tmp_path: Path):
-    """A private broker: these tests count every message on the platform topics."""
-    broker = EmbeddedBroker(free_port(), tmp_path / "broker")
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
-def resources(broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> dict:
+def resources(private_broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> dict:
     """The warehouse and broker of one test; `state_dir` keeps what the landings record (the
     metrics samples) out of the checkout's state folder."""
     return {
         "warehouse": WarehouseResource(database=str(tmp_path / "warehouse.duckdb")),
-        "kafka": KafkaResource(bootstrap_servers=broker.bootstrap_servers, timeout_seconds=4),
+        "kafka": KafkaResource(
+            bootstrap_servers=private_broker.bootstrap_servers, timeout_seconds=4
+        ),
     }
 
 
@@ -89,10 +82,12 @@ def query(resources: dict, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_landing_then_rollups_and_dead_letters(broker: EmbeddedBroker, resources: dict) -> None:
-    produce(broker, "raw-data-stream", [*samples(3), b"{oops"])
-    produce(broker, "raw-data-stream", [job_event("app_1", "RUNNING", 0, 31.4)])
-    produce(broker, "raw-data-stream", [job_event("app_1", "KILLED", 2, 0.0)])
+def test_landing_then_rollups_and_dead_letters(
+    private_broker: EmbeddedBroker, resources: dict
+) -> None:
+    produce(private_broker, "raw-data-stream", [*samples(3), b"{oops"])
+    produce(private_broker, "raw-data-stream", [job_event("app_1", "RUNNING", 0, 31.4)])
+    produce(private_broker, "raw-data-stream", [job_event("app_1", "KILLED", 2, 0.0)])
     result = dg.materialize(
         [*landing_assets, dead_letter_events, *rollup_assets], resources=resources
     )
@@ -116,7 +111,7 @@ def test_landing_then_rollups_and_dead_letters(broker: EmbeddedBroker, resources
     assert dead.metadata["dagster/row_count"].value == 1
 
     # a second batch: only the touched buckets are recomputed, late events folded in
-    produce(broker, "raw-data-stream", samples(1, cpu=90.0))
+    produce(private_broker, "raw-data-stream", samples(1, cpu=90.0))
     again = dg.materialize([*landing_assets, *rollup_assets], resources=resources)
     (cluster_1m,) = again.asset_materializations_for_node("cluster_utilization_1m")
     assert cluster_1m.metadata["keys_recomputed"].value == 1
@@ -129,8 +124,10 @@ def test_landing_then_rollups_and_dead_letters(broker: EmbeddedBroker, resources
     )
 
 
-def test_rollups_follow_landing_on_their_own(broker: EmbeddedBroker, resources: dict) -> None:
-    produce(broker, "raw-data-stream", samples(1))
+def test_rollups_follow_landing_on_their_own(
+    private_broker: EmbeddedBroker, resources: dict
+) -> None:
+    produce(private_broker, "raw-data-stream", samples(1))
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         assert before.total_requested == 0
@@ -162,12 +159,12 @@ def skipped(result) -> str:
 
 
 def test_sensor_requests_a_run_only_when_there_is_a_backlog(
-    broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
     with dg.instance_for_test() as instance:
         assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
-        produce(broker, "raw-data-stream", samples(1))
+        produce(private_broker, "raw-data-stream", samples(1))
         wanted = sensor_tick(RAW, instance, resources)
         (request,) = wanted.run_requests
         assert request.tags[STREAM_TAG] == "raw_events"
@@ -179,10 +176,10 @@ def test_sensor_requests_a_run_only_when_there_is_a_backlog(
 
 
 def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
-    broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
-    produce(broker, "raw-data-stream", samples(1))
+    produce(private_broker, "raw-data-stream", samples(1))
     job = dg.define_asset_job("land_raw", selection=["host_metrics", "spark_job_events"])
     resolved = dg.Definitions(assets=landing_assets, jobs=[job], resources=resources)
     with dg.instance_for_test() as instance:
@@ -197,17 +194,17 @@ def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
 
 
 def test_sensor_skips_with_a_reason_when_the_broker_is_down(
-    resources: dict, broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+    resources: dict, private_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
-    broker.stop()
+    private_broker.stop()
     with dg.instance_for_test() as instance:
         result = sensor_tick(RAW, instance, resources)
     assert "broker unreachable" in skipped(result)
 
 
 def test_sensor_respects_the_configured_interval(
-    broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "60")
     with dg.instance_for_test() as instance:

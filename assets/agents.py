@@ -18,8 +18,8 @@ from dagster_platform.agents.evaluation import load_cases, markdown_table, metri
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.agents.incident_report import AlertNotLanded, build_report, read_alert
 from dagster_platform.agents.tools import ToolContext
+from dagster_platform.lib.tracking import log_run
 from dagster_platform.settings import get_settings
-from dagster_platform.tracking import log_run
 from resources import WAREHOUSE_POOL, LLMResource
 
 GROUP = "agents"

@@ -10,6 +10,7 @@ import json
 import dagster as dg
 import polars as pl
 
+from dagster_platform.deploy.k8s import gpu_step_tags
 from dagster_platform.finetune import artifacts
 from dagster_platform.finetune.dataset import (
     build_dataset,
@@ -31,8 +32,7 @@ from dagster_platform.finetune.promotion import promote
 from dagster_platform.finetune.registry import CHALLENGER, AdapterRegistry
 from dagster_platform.finetune.training import TrainProgress, train_adapter
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
-from dagster_platform.ingestion.report import markdown_table, png_markdown
-from dagster_platform.k8s import gpu_step_tags
+from dagster_platform.lib.markdown import markdown_table, png_markdown
 from dagster_platform.settings import Settings, get_settings
 from resources import WAREHOUSE_POOL, FinetuneResource, LLMResource, WarehouseResource
 

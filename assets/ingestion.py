@@ -12,13 +12,10 @@ import dagster as dg
 import polars as pl
 
 from dagster_platform.ingestion.readers import SourceError, read_source
-from dagster_platform.ingestion.report import (
-    failing_records_markdown,
-    failures_markdown,
-    preview_markdown,
-)
+from dagster_platform.ingestion.report import failing_records_markdown, failures_markdown
 from dagster_platform.ingestion.sources import SOURCES, SourceSpec
 from dagster_platform.ingestion.validation import CheckOutcome, check_names, validate
+from dagster_platform.lib.markdown import preview_markdown
 from resources import WAREHOUSE_POOL, DataFolderResource, WarehouseResource
 
 GROUP = "ingestion"

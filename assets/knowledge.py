@@ -12,7 +12,6 @@ from collections import Counter
 import dagster as dg
 import polars as pl
 
-from dagster_platform.ingestion.report import markdown_table
 from dagster_platform.knowledge.base import (
     fingerprint,
     lexical_index,
@@ -32,8 +31,9 @@ from dagster_platform.knowledge.evaluation import (
 from dagster_platform.knowledge.lexical import LexicalIndex
 from dagster_platform.knowledge.retriever import MODES, HybridRetriever
 from dagster_platform.knowledge.tokens import whitespace_tokenize
+from dagster_platform.lib.markdown import markdown_table
+from dagster_platform.lib.tracking import log_run
 from dagster_platform.settings import get_settings
-from dagster_platform.tracking import log_run
 from resources import (
     VECTOR_STORE_POOL,
     WAREHOUSE_POOL,

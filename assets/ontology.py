@@ -11,10 +11,11 @@ import logging
 import dagster as dg
 import polars as pl
 
-from dagster_platform.ingestion.report import markdown_table, png_markdown
 from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.kafka.events import STREAM_FAMILIES
+from dagster_platform.kafka.rollups import ROLLUPS
 from dagster_platform.kafka.tables import ensure_all_tables
+from dagster_platform.lib.markdown import markdown_table, png_markdown
 from dagster_platform.ontology.build import (
     OBJECTS_TABLE,
     BuildError,
@@ -27,7 +28,6 @@ from dagster_platform.ontology.build import (
 from dagster_platform.ontology.graph import analyse, load_graph, picture, store_metrics
 from dagster_platform.ontology.loader import LoadedOntology, OntologyError, Problem, load_ontology
 from dagster_platform.ontology.versioning import diff, last_published, publish, version_of
-from dagster_platform.rollups import ROLLUPS
 from dagster_platform.settings import get_settings
 from resources import WAREHOUSE_POOL, OntologyResource, WarehouseResource
 

@@ -10,10 +10,9 @@ import time
 import dagster as dg
 import polars as pl
 
-from dagster_platform import metrics
-from dagster_platform.ingestion.report import markdown_table
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
 from dagster_platform.kafka.landing import LandingReport, land_stream
+from dagster_platform.kafka.rollups import ROLLUPS, Rollup, refresh
 from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
     dead_letter_summary,
@@ -22,7 +21,8 @@ from dagster_platform.kafka.tables import (
     unreconciled,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
-from dagster_platform.rollups import ROLLUPS, Rollup, refresh
+from dagster_platform.lib import metrics
+from dagster_platform.lib.markdown import markdown_table
 from resources import WAREHOUSE_POOL, KafkaResource, WarehouseResource
 
 GROUP = "ingestion"

@@ -16,7 +16,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from dagster_platform import warehouse
+from dagster_platform.lib import warehouse
 from dagster_platform.settings import get_settings
 
 WAREHOUSE_POOL = "warehouse"

@@ -10,7 +10,7 @@ import dagster as dg
 
 from dagster_platform.definitions import defs
 from dagster_platform.ingestion.sources import SOURCES
-from dagster_platform.rollups import ROLLUPS
+from dagster_platform.kafka.rollups import ROLLUPS
 from dagster_platform.settings import REPO_ROOT
 
 

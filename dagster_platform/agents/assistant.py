@@ -30,11 +30,11 @@ from dagster_platform.agents.planner import (
 )
 from dagster_platform.agents.router import RouteDecision, Router
 from dagster_platform.agents.tools import TOOLS, ToolContext, ToolResult
+from dagster_platform.lib.logs import get_logger, mask_text
+from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.llm.base import GenerationConfig, LLMError, Message
 from dagster_platform.llm.service import LLMConfig, LLMService, get_service
-from dagster_platform.logs import get_logger, mask_text
 from dagster_platform.settings import Settings
-from dagster_platform.warehouse import open_warehouse, table_exists
 
 if TYPE_CHECKING:
     from dagster_platform.knowledge.base import LazyKnowledge

@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.settings import Settings
-from dagster_platform.warehouse import open_warehouse, table_exists
 
 _TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.\-]*[A-Za-z0-9])?", re.ASCII)
 # An application id is unambiguous, so one the warehouse does not know yet is linked too: the

@@ -24,18 +24,18 @@ from pathlib import Path
 from dagster_platform.ingestion.readers import read_source
 from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.ingestion.validation import to_typed
+from dagster_platform.kafka.rollups import ROLLUPS
 from dagster_platform.kafka.tables import ensure_all_tables
 from dagster_platform.knowledge.base import lexical_index, store_records
 from dagster_platform.knowledge.documents import Chunk, build_chunks, write_chunks
 from dagster_platform.knowledge.embeddings import Embedder
 from dagster_platform.knowledge.vector_store import open_store
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.warehouse import open_warehouse, replace_table
 from dagster_platform.ontology.build import build_links, build_objects, check_backing, record_build
 from dagster_platform.ontology.loader import load_ontology
 from dagster_platform.ontology.versioning import diff, last_published, publish, version_of
-from dagster_platform.rollups import ROLLUPS
 from dagster_platform.settings import Settings
-from dagster_platform.warehouse import open_warehouse, replace_table
 
 log = get_logger(__name__)
 

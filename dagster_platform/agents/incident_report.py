@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster_platform.agents.tools import TOOLS, ToolContext, ToolResult
+from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.ontology.query import NotFound, OntologyQuery
-from dagster_platform.warehouse import open_warehouse, table_exists
 
 ALERTS_TABLE = "alert_events"
 

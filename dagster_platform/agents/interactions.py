@@ -105,7 +105,7 @@ def read(
     limit: int = 100,
 ) -> list[Interaction]:
     """Newest first."""
-    from dagster_platform.warehouse import table_exists
+    from dagster_platform.lib.warehouse import table_exists
 
     if not table_exists(conn, TABLE):
         return []

@@ -36,14 +36,14 @@ from pydantic import (
 )
 
 from dagster_platform.knowledge.retriever import Filters, HybridRetriever, documents_in_order
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.warehouse import key_values, open_warehouse, quote, table_exists
 from dagster_platform.ontology.actions import ActionError, list_actions, propose
 from dagster_platform.ontology.build import typed_select
 from dagster_platform.ontology.loader import LoadedOntology, OntologyError, load_ontology
 from dagster_platform.ontology.objects import read_object, with_functions
 from dagster_platform.ontology.query import OntologyQuery
 from dagster_platform.settings import Settings
-from dagster_platform.warehouse import key_values, open_warehouse, quote, table_exists
 
 log = get_logger(__name__)
 

@@ -14,7 +14,7 @@ read-only and a read-write connection to one file in one process at once.
 answers without one, is not rate limited, and is left out of the request metrics it serves.
 It holds counts and latencies by route template, method, status, agent route and rating —
 nothing a key, a user or a question could be read from — added up over every process that
-records into the metrics folder (`dagster_platform.metrics`), the landing runs included.
+records into the metrics folder (`dagster_platform.lib.metrics`), the landing runs included.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from slowapi.util import get_remote_address
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dagster_platform import __version__, metrics
+from dagster_platform import __version__
 from dagster_platform.agents import interactions
 from dagster_platform.agents.assistant import Assistant, QuestionRejected
-from dagster_platform.feedback import (
+from dagster_platform.finetune.feedback import (
     MAX_ID_CHARS,
     FeedbackPublisher,
     InvalidFeedback,
@@ -53,7 +53,8 @@ from dagster_platform.feedback import (
 )
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
 from dagster_platform.kafka.topics import KafkaUnavailable, list_topics
-from dagster_platform.logs import get_logger
+from dagster_platform.lib import metrics
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster_platform import charts
 from dagster_platform.finetune.dataset import MANIFEST
+from dagster_platform.lib import charts
 from dagster_platform.settings import Settings
 
 if TYPE_CHECKING:

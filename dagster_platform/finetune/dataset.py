@@ -39,10 +39,10 @@ from dagster_platform.knowledge.documents import (
     read_text,
     split_front_matter,
 )
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.redaction import find, scrub
+from dagster_platform.lib.warehouse import quote, table_exists
 from dagster_platform.ontology.build import OBJECTS_TABLE
-from dagster_platform.redaction import find, scrub
-from dagster_platform.warehouse import quote, table_exists
 
 log = get_logger(__name__)
 

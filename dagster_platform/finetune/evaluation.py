@@ -20,14 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from dagster_platform import charts
 from dagster_platform.finetune import training
 from dagster_platform.finetune.gate import METRIC_DIRECTIONS, CandidateMetrics, GateConfig
 from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.knowledge.tokens import tokenize
+from dagster_platform.lib import charts
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import AdapterInfo, LLMError
 from dagster_platform.llm.transformers_backend import TransformersBackend, shared_backend
-from dagster_platform.logs import get_logger
 from dagster_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -460,7 +460,7 @@ def log_evaluation(
     """A run in the `adapter_evaluation` experiment: the versions as parameters, each
     candidate's metrics prefixed by its name, the report and the chart as artifacts."""
 
-    from dagster_platform.tracking import log_run
+    from dagster_platform.lib.tracking import log_run
 
     params: dict[str, object] = {f"{c.name}_version": c.version or "-" for c in report.candidates}
     params.update(

@@ -22,9 +22,9 @@ import duckdb
 
 from dagster_platform.finetune.gate import Decision
 from dagster_platform.finetune.registry import CHAMPION, AdapterRegistry
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.warehouse import table_exists
 from dagster_platform.llm.service import LLMService
-from dagster_platform.logs import get_logger
-from dagster_platform.warehouse import table_exists
 
 log = get_logger(__name__)
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import AdapterInfo, AdapterLoadError
-from dagster_platform.logs import get_logger
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

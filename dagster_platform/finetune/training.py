@@ -28,8 +28,8 @@ from typing import Any
 
 from dagster_platform.finetune.dataset import MANIFEST, load_split
 from dagster_platform.finetune.recipe import Recipe
-from dagster_platform.logs import get_logger
-from dagster_platform.tracking import experiment_id_for
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.tracking import experiment_id_for
 
 log = get_logger(__name__)
 

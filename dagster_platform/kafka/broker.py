@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics, list_topics
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
 
 log = get_logger(__name__)
 

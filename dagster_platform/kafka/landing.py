@@ -33,7 +33,6 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
-from dagster_platform.collector import collector_paused
 from dagster_platform.kafka.events import StreamFamily
 from dagster_platform.kafka.tables import (
     DEAD_LETTER_TABLE,
@@ -45,7 +44,8 @@ from dagster_platform.kafka.tables import (
     split_unreferenced,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.collector import collector_paused
+from dagster_platform.lib.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -58,7 +58,7 @@ from dagster_platform.kafka.events import (
     encode,
 )
 from dagster_platform.kafka.topics import ensure_topics, list_topics
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
 
 log = get_logger(__name__)
 

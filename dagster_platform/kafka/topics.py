@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
 
 log = get_logger(__name__)
 

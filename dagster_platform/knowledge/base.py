@@ -96,7 +96,7 @@ def open_knowledge(
     from dagster_platform.knowledge.documents import read_chunks
     from dagster_platform.knowledge.embeddings import EmbeddingModelError
     from dagster_platform.knowledge.vector_store import open_store
-    from dagster_platform.warehouse import open_warehouse
+    from dagster_platform.lib.warehouse import open_warehouse
 
     if not settings.warehouse_path.exists():
         raise KnowledgeUnavailable(f"no warehouse at {settings.warehouse_path}: run `make run`")

@@ -25,8 +25,8 @@ import duckdb
 import pyarrow as pa
 import yaml
 
+from dagster_platform.lib.warehouse import quote, table_exists
 from dagster_platform.ontology.build import OBJECTS_TABLE
-from dagster_platform.warehouse import quote, table_exists
 
 Source = Literal["runbook", "incident", "object"]
 Reason = Literal["empty", "binary", "undecodable", "too_large", "duplicate", "invalid"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from dagster_platform.packaged_models import (
+from dagster_platform.lib.packaged_models import (
     EMBEDDING_MODEL_NAME,
     ModelPreparationError,
     embedding_model_dir,

@@ -22,6 +22,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import (
     AdapterInfo,
     AdapterLoadError,
@@ -35,7 +36,6 @@ from dagster_platform.llm.base import (
     LLMUnavailable,
     Message,
 )
-from dagster_platform.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster_platform.finetune.registry import CHAMPION, AdapterRegistry, NoSuchVersion
+from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.packaged_models import llm_model_dir
 from dagster_platform.llm.base import (
     BACKENDS,
     AdapterInfo,
@@ -22,8 +24,6 @@ from dagster_platform.llm.base import (
     LLMUnavailable,
 )
 from dagster_platform.llm.client import LLMClient, ResiliencePolicy, Served
-from dagster_platform.logs import get_logger
-from dagster_platform.packaged_models import llm_model_dir
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)

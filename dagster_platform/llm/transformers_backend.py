@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import (
     AdapterLoadError,
     Choice,
@@ -26,7 +27,6 @@ from dagster_platform.llm.base import (
     Message,
     choice_options,
 )
-from dagster_platform.logs import get_logger
 
 log = get_logger(__name__)
 

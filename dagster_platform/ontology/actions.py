@@ -24,7 +24,7 @@ from typing import Any, Literal, NoReturn, get_args
 
 import duckdb
 
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.ontology.effects import EFFECT_TIMEOUT_S, EffectFailed, run_effect
 from dagster_platform.ontology.loader import LoadedOntology
 from dagster_platform.ontology.objects import read_object

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from dagster_platform.lib.warehouse import quote
 from dagster_platform.ontology.loader import LoadedOntology, Problem
 from dagster_platform.ontology.schema import (
     PROPERTY_TYPES,
@@ -26,7 +27,6 @@ from dagster_platform.ontology.schema import (
     ObjectType,
     Ontology,
 )
-from dagster_platform.warehouse import quote
 
 OBJECTS_TABLE = "ontology_objects"
 LINKS_TABLE = "ontology_links"

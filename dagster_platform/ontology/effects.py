@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from dagster_platform.kafka.events import ACTIONS_TOPIC, ActionCommandV1, encode
-from dagster_platform.logs import get_logger
+from dagster_platform.lib.logs import get_logger
 from dagster_platform.ontology.schema import Effect
 
 log = get_logger(__name__)

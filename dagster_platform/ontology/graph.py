@@ -21,10 +21,10 @@ import pyarrow as pa
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from dagster_platform import charts
-from dagster_platform.collector import collector_paused
+from dagster_platform.lib import charts
+from dagster_platform.lib.collector import collector_paused
+from dagster_platform.lib.warehouse import table_exists
 from dagster_platform.ontology.build import LINKS_TABLE, OBJECTS_TABLE
-from dagster_platform.warehouse import table_exists
 
 METRICS_TABLE = "ontology_graph_metrics"
 Direction = Literal["out", "in", "both"]

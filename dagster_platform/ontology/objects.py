@@ -12,10 +12,10 @@ from typing import Any
 
 import duckdb
 
+from dagster_platform.lib.warehouse import quote
 from dagster_platform.ontology.build import typed_select
 from dagster_platform.ontology.loader import LoadedOntology
 from dagster_platform.ontology.schema import PROPERTY_TYPES
-from dagster_platform.warehouse import quote
 
 
 class UnknownObjectType(KeyError):

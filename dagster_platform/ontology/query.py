@@ -15,11 +15,11 @@ from typing import Any
 
 import duckdb
 
+from dagster_platform.lib.warehouse import table_exists
 from dagster_platform.ontology.build import BUILDS_TABLE, OBJECTS_TABLE
 from dagster_platform.ontology.graph import Direction, OntologyGraph, load_graph
 from dagster_platform.ontology.loader import LoadedOntology
 from dagster_platform.ontology.objects import evaluate_function, read_object, with_functions
-from dagster_platform.warehouse import table_exists
 
 
 class NotFound(LookupError):

@@ -1,0 +1,1 @@
+"""Where the platform runs: the Dagster instance, Kubernetes step tags and the status report."""

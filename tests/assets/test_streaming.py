@@ -1,0 +1,184 @@
+"""Streaming assets and sensors in Dagster, against the real broker and a DuckDB file."""
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from assets.streaming import dead_letter_events, landing_assets, rollup_assets
+from dagster_platform.definitions import defs
+from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.events import SparkJobEventV1, encode
+from dagster_platform.kafka.rollups import ROLLUPS
+from resources import KafkaResource, WarehouseResource
+from sensors.stream_sensors import STREAM_TAG, stream_sensors
+from tests.support.events import T0, produce, samples
+
+
+@pytest.fixture
+def resources(private_broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> dict:
+    """The warehouse and broker of one test; `state_dir` keeps what the landings record (the
+    metrics samples) out of the checkout's state folder."""
+    return {
+        "warehouse": WarehouseResource(database=str(tmp_path / "warehouse.duckdb")),
+        "kafka": KafkaResource(
+            bootstrap_servers=private_broker.bootstrap_servers, timeout_seconds=4
+        ),
+    }
+
+
+def job_event(app: str, state: str, minute: int, share: float) -> bytes:
+    return encode(
+        SparkJobEventV1(
+            event_id=uuid.uuid4().hex,
+            ts=T0 + timedelta(minutes=minute),
+            application_id=app,
+            cluster_id="etl-prod",
+            name="user_feature_backfill",
+            queue="root.etl.backfill",
+            user="sypark",
+            state=state,
+            vcores=224,
+            memory_gb=900.0,
+            cpu_share_pct=share,
+        )
+    )
+
+
+def query(resources: dict, sql: str) -> list[tuple]:
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_landing_then_rollups_and_dead_letters(
+    private_broker: EmbeddedBroker, resources: dict
+) -> None:
+    produce(private_broker, "raw-data-stream", [*samples(3), b"{oops"])
+    produce(private_broker, "raw-data-stream", [job_event("app_1", "RUNNING", 0, 31.4)])
+    produce(private_broker, "raw-data-stream", [job_event("app_1", "KILLED", 2, 0.0)])
+    result = dg.materialize(
+        [*landing_assets, dead_letter_events, *rollup_assets], resources=resources
+    )
+    assert result.success
+    (metrics,) = result.asset_materializations_for_node("land_raw_events")[:1]
+    metadata = metrics.metadata
+    assert metadata["rows_landed"].value == 12
+    assert metadata["rows_dead_lettered"].value == 1
+    assert metadata["remaining_lag"].value == 0
+    assert metadata["dead_letter_reasons"].value == {"invalid_json": 1}
+    assert sum(b - a for a, b in metadata["offset_ranges"].value.values()) == 15
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    per_minute = query(
+        resources, "SELECT bucket, samples, cpu_avg FROM cluster_utilization_1m ORDER BY bucket"
+    )
+    assert [(b, n, avg) for b, n, avg in per_minute] == [
+        (T0 + timedelta(minutes=m), 4, 51.5) for m in range(3)
+    ]
+    assert query(resources, "SELECT state, events FROM spark_job_state") == [("KILLED", 2)]
+    (dead,) = result.asset_materializations_for_node("dead_letter_events")
+    assert dead.metadata["dagster/row_count"].value == 1
+
+    # a second batch: only the touched buckets are recomputed, late events folded in
+    produce(private_broker, "raw-data-stream", samples(1, cpu=90.0))
+    again = dg.materialize([*landing_assets, *rollup_assets], resources=resources)
+    (cluster_1m,) = again.asset_materializations_for_node("cluster_utilization_1m")
+    assert cluster_1m.metadata["keys_recomputed"].value == 1
+    assert (
+        query(
+            resources,
+            f"SELECT samples FROM cluster_utilization_1m WHERE bucket = '{T0.isoformat()}'",
+        )[0][0]
+        == 8
+    )
+
+
+def test_rollups_follow_landing_on_their_own(
+    private_broker: EmbeddedBroker, resources: dict
+) -> None:
+    produce(private_broker, "raw-data-stream", samples(1))
+    with dg.instance_for_test() as instance:
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert before.total_requested == 0
+        dg.materialize(landing_assets, resources=resources, instance=instance)
+        after = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=before.cursor
+        )
+    derived = {spec.name for spec in ROLLUPS} | {"dead_letter_events"}
+    candidates = derived | {"host_metrics", "clusters"}
+    requested = {n for n in candidates if after.get_num_requested(dg.AssetKey(n))}
+    assert requested == derived  # landing itself is the sensors' job, not automation's
+
+
+def sensor_tick(sensor, instance, resources, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"kafka": resources["kafka"]}
+    )
+    return sensor(context)
+
+
+RAW = next(s for s in stream_sensors if s.name == "raw_events_backlog")
+
+
+def skipped(result) -> str:
+    """The readable reason of a tick that requested nothing."""
+    assert not getattr(result, "run_requests", None)
+    reason = result if isinstance(result, dg.SkipReason) else result.skip_reason
+    return reason.skip_message
+
+
+def test_sensor_requests_a_run_only_when_there_is_a_backlog(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    with dg.instance_for_test() as instance:
+        assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
+        produce(private_broker, "raw-data-stream", samples(1))
+        wanted = sensor_tick(RAW, instance, resources)
+        (request,) = wanted.run_requests
+        assert request.tags[STREAM_TAG] == "raw_events"
+        assert request.run_key is None
+        assert {k.path[-1] for k in request.asset_selection} == {"host_metrics", "spark_job_events"}
+        # once landed (and committed to the group), the backlog is gone
+        dg.materialize(landing_assets[:1], resources=resources, instance=instance)
+        assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
+
+
+def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    produce(private_broker, "raw-data-stream", samples(1))
+    job = dg.define_asset_job("land_raw", selection=["host_metrics", "spark_job_events"])
+    resolved = dg.Definitions(assets=landing_assets, jobs=[job], resources=resources)
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            resolved.resolve_job_def("land_raw"), tags={STREAM_TAG: "raw_events"}
+        )
+        busy = skipped(sensor_tick(RAW, instance, resources))
+        assert f"run {run.run_id}" in busy and "not starting the same work twice" in busy
+        instance.report_run_failed(run)
+        retry = sensor_tick(RAW, instance, resources)
+        assert len(retry.run_requests) == 1
+
+
+def test_sensor_skips_with_a_reason_when_the_broker_is_down(
+    resources: dict, private_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    private_broker.stop()
+    with dg.instance_for_test() as instance:
+        result = sensor_tick(RAW, instance, resources)
+    assert "broker unreachable" in skipped(result)
+
+
+def test_sensor_respects_the_configured_interval(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "60")
+    with dg.instance_for_test() as instance:
+        first = sensor_tick(RAW, instance, resources)
+        second = sensor_tick(RAW, instance, resources, cursor=first.cursor)
+    assert "next check" in skipped(second)

@@ -29,10 +29,10 @@ from dagster_platform.finetune.evaluation import (
 )
 from dagster_platform.finetune.gate import decide
 from dagster_platform.finetune.promotion import promote
-from dagster_platform.finetune.registry import CHALLENGER, AdapterRegistry
 from dagster_platform.finetune.training import TrainProgress, train_adapter
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
 from dagster_platform.lib.markdown import markdown_table, png_markdown
+from dagster_platform.llm.registry import CHALLENGER, AdapterRegistry
 from dagster_platform.settings import Settings, get_settings
 from resources import WAREHOUSE_POOL, FinetuneResource, LLMResource, WarehouseResource
 

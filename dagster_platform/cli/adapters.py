@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from dagster_platform.finetune.registry import AdapterRegistry, AdapterVersion, RegistryError
+from dagster_platform.llm.registry import AdapterRegistry, AdapterVersion, RegistryError
 from dagster_platform.settings import get_settings
 
 adapters_app = typer.Typer(

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dagster_platform.finetune import training
 from dagster_platform.finetune.gate import METRIC_DIRECTIONS, CandidateMetrics, GateConfig
-from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.knowledge.tokens import tokenize
 from dagster_platform.lib import charts
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import AdapterInfo, LLMError
+from dagster_platform.llm.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.llm.transformers_backend import TransformersBackend, shared_backend
 from dagster_platform.settings import Settings
 

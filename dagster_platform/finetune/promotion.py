@@ -21,9 +21,9 @@ from typing import Any, Literal
 import duckdb
 
 from dagster_platform.finetune.gate import Decision
-from dagster_platform.finetune.registry import CHAMPION, AdapterRegistry
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.lib.warehouse import table_exists
+from dagster_platform.llm.registry import CHAMPION, AdapterRegistry
 from dagster_platform.llm.service import LLMService
 
 log = get_logger(__name__)

@@ -38,10 +38,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import Any, ParamSpec, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -53,10 +53,16 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.settings import get_settings
 
-if TYPE_CHECKING:
-    from dagster_platform.kafka.landing import LandingReport
-
 log = get_logger(__name__)
+
+
+class LandingFigures(Protocol):
+    """What a landing run reports (kafka's `LandingReport`), as far as its metrics read it."""
+
+    family: str
+    landed: Mapping[str, int]
+    reasons: Mapping[str, int]
+    remaining_lag: int
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "dagster_platform_"
@@ -325,7 +331,7 @@ def label(value: object, default: str = "none") -> str:
 
 @_never_raises
 def record_landing(
-    report: LandingReport, seconds: float, directory: Path | str | None = None
+    report: LandingFigures, seconds: float, directory: Path | str | None = None
 ) -> None:
     """What one landing run did, then fold this process's files (a run lands once)."""
     metrics = _metrics(directory)

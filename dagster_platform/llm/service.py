@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dagster_platform.finetune.registry import CHAMPION, AdapterRegistry, NoSuchVersion
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.lib.packaged_models import llm_model_dir
 from dagster_platform.llm.base import (
@@ -24,6 +23,7 @@ from dagster_platform.llm.base import (
     LLMUnavailable,
 )
 from dagster_platform.llm.client import LLMClient, ResiliencePolicy, Served
+from dagster_platform.llm.registry import CHAMPION, AdapterRegistry, NoSuchVersion
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)

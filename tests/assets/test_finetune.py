@@ -17,9 +17,9 @@ from assets.finetune import finetune_assets
 from dagster_platform.agents import interactions
 from dagster_platform.finetune import artifacts
 from dagster_platform.finetune.dataset import load_split
-from dagster_platform.finetune.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
 from dagster_platform.kafka.tables import ensure_tables
+from dagster_platform.llm.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.settings import Settings
 from resources import FinetuneResource, LLMResource, WarehouseResource
 from tests.support.state import live_settings

@@ -925,7 +925,9 @@ def test_grafana_provisioning_fits_together() -> None:
         GRAFANA / "provisioning"
     ).resolve()
     # the dashboard queries the provisioned data source and metrics the platform records
-    metrics_source = (REPO_ROOT / "dagster_platform" / "lib" / "metrics.py").read_text(encoding="utf-8")
+    metrics_source = (REPO_ROOT / "dagster_platform" / "lib" / "metrics.py").read_text(
+        encoding="utf-8"
+    )
     recorded = set(re.findall(r'f"\{PREFIX\}(\w+)"', metrics_source))
     assert recorded
     dashboard_file = GRAFANA / "dashboards" / "dagster-platform.json"

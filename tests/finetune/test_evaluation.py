@@ -27,9 +27,9 @@ from dagster_platform.finetune.evaluation import (
     rouge_l,
 )
 from dagster_platform.finetune.gate import DEFAULT_GATE, GateConfig, decide
-from dagster_platform.finetune.registry import AdapterRegistry
 from dagster_platform.llm.base import AdapterInfo
 from dagster_platform.llm.client import LLMClient
+from dagster_platform.llm.registry import AdapterRegistry
 from dagster_platform.llm.service import LLMConfig, PinnedLLMService
 from dagster_platform.llm.transformers_backend import TransformersBackend, shared_backend
 from dagster_platform.settings import Settings

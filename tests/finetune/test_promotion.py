@@ -33,9 +33,9 @@ from dagster_platform.finetune.promotion import (
     promote,
     rollback,
 )
-from dagster_platform.finetune.registry import AdapterRegistry, NoSuchVersion
 from dagster_platform.lib.warehouse import open_warehouse
 from dagster_platform.llm.client import ResiliencePolicy
+from dagster_platform.llm.registry import AdapterRegistry, NoSuchVersion
 from dagster_platform.llm.service import LLMConfig, LLMService, get_service
 from dagster_platform.settings import get_settings
 from tests.support.registry import log_adapter_run

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from dagster_platform.finetune.registry import (
+from dagster_platform.llm.base import AdapterLoadError
+from dagster_platform.llm.registry import (
     AdapterRegistry,
     NoSuchVersion,
     RegistryError,
 )
-from dagster_platform.llm.base import AdapterLoadError
 from dagster_platform.llm.transformers_backend import TransformersBackend
 from tests.support.registry import log_adapter_run
 from tests.support.tiny_models import build_tiny_adapter, build_tiny_llm

@@ -5,6 +5,7 @@ a blocking check trains nothing, an adapter is registered as `challenger` only w
 finished, and `champion` moves only when the gate says so (decision 6 of the design).
 """
 
+import functools
 import json
 
 import dagster as dg
@@ -33,15 +34,22 @@ from dagster_platform.finetune.training import TrainProgress, train_adapter
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
 from dagster_platform.lib.markdown import markdown_table, png_markdown
 from dagster_platform.llm.registry import CHALLENGER, AdapterRegistry
-from dagster_platform.settings import Settings, get_settings
-from resources import WAREHOUSE_POOL, FinetuneResource, LLMResource, WarehouseResource
+from dagster_platform.settings import Settings
+from resources import (
+    WAREHOUSE_POOL,
+    DataFolderResource,
+    FinetuneResource,
+    KnowledgeResource,
+    LLMResource,
+    MLflowResource,
+    OntologyResource,
+    StateResource,
+    WarehouseResource,
+)
 
 GROUP = "finetune"
 OWNERS = ["team:ml-platform"]
 FINETUNE_TAG = "dagster-platform/finetune"
-# training, evaluating (the model's loss and answers) and serving the adapter want a GPU node
-# when they run as pods of their own (the k8s profile); elsewhere the tag is not read
-GPU_STEP = gpu_step_tags(get_settings())
 
 
 def _blocking(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
@@ -63,7 +71,11 @@ def _blocking(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
     ],
 )
 def sft_dataset(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, finetune: FinetuneResource
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    finetune: FinetuneResource,
+    data_folder: DataFolderResource,
+    state: StateResource,
 ):
     """Positively rated answers and corrections (a correction wins over the answer), plus
     instruction pairs from the runbooks and the ontology; scrubbed, deduplicated by a
@@ -72,11 +84,10 @@ def sft_dataset(
     when every blocking check passes."""
     from transformers import AutoTokenizer
 
-    settings = get_settings()
     gate = finetune.gate()
     base_model = finetune.base_model()
     with warehouse.get_connection() as conn:
-        raw, skipped = collect_examples(conn, settings.data_dir / "runbooks")
+        raw, skipped = collect_examples(conn, data_folder.path / "runbooks")
         usable = usable_feedback_total(conn)
     dataset = build_dataset(
         raw, AutoTokenizer.from_pretrained(base_model), base_model=base_model, skipped=skipped
@@ -85,9 +96,9 @@ def sft_dataset(
     leaks = personal_data_left(dataset)
     overlap = overlapping_splits(dataset)
     passed = enough and not leaks and not overlap
-    path = write_dataset(dataset, artifacts.datasets_dir(settings)) if not leaks else None
+    path = write_dataset(dataset, artifacts.datasets_dir(state.path)) if not leaks else None
     if passed and path is not None:
-        artifacts.mark_latest_dataset(settings, dataset.version)
+        artifacts.mark_latest_dataset(state.path, dataset.version)
     counts = dataset.counts()
     context.log.info(
         f"dataset {dataset.version}: {counts}, scrubbed {dict(dataset.scrubbed)}, "
@@ -151,20 +162,17 @@ def _sample_md(rows: list[dict], count: int = 5) -> str:
     return markdown_table(pl.DataFrame(picked)) if picked else "no examples"
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
-    deps=[sft_dataset],
-    op_tags=GPU_STEP,
-)
-def lora_adapter(context: dg.AssetExecutionContext, finetune: FinetuneResource):
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    finetune: FinetuneResource,
+    state: StateResource,
+    mlflow: MLflowResource,
+):
     """A LoRA adapter trained on the latest dataset that passed its checks, with the recipe in
     `data/finetune/recipe.yaml` (QLoRA in 4 bits when CUDA is there). Loss and tokens/s go to
     the run's logs and to MLflow while it trains; the finished adapter becomes a new version of
     the registered model with the alias `challenger`. An interrupted run registers nothing."""
-    settings = get_settings()
-    dataset_dir = artifacts.latest_dataset(settings)
+    dataset_dir = artifacts.latest_dataset(state.path)
     recipe = finetune.recipe()
     history: list[TrainProgress] = []
 
@@ -178,13 +186,13 @@ def lora_adapter(context: dg.AssetExecutionContext, finetune: FinetuneResource):
     result = train_adapter(
         recipe,
         dataset_dir,
-        artifacts.training_dir(settings, context.run_id),
+        artifacts.training_dir(state.path, context.run_id),
         base_model_path=finetune.base_model(),
-        tracking_uri=settings.resolved_mlflow_tracking_uri,
-        artifact_root=settings.state_dir / "mlartifacts",
+        tracking_uri=mlflow.uri,
+        artifact_root=mlflow.artifacts,
         on_progress=progress,
     )
-    registry = _registry(settings)
+    registry = mlflow.registry()
     version = registry.register(
         result.run_id,
         tags={"dataset_version": result.dataset_version, "dagster_run_id": context.run_id},
@@ -211,14 +219,15 @@ def lora_adapter(context: dg.AssetExecutionContext, finetune: FinetuneResource):
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
-    deps=[lora_adapter],
-    op_tags=GPU_STEP,
-)
-def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneResource):
+def adapter_evaluation(
+    context: dg.AssetExecutionContext,
+    finetune: FinetuneResource,
+    state: StateResource,
+    mlflow: MLflowResource,
+    data_folder: DataFolderResource,
+    ontology: OntologyResource,
+    knowledge: KnowledgeResource,
+):
     """The challenger beside the champion and the base model: loss, perplexity and ROUGE-L on
     the eval split, and routing, tool and grounding scores on a subset of the golden questions
     run through the agents on a frozen copy of the sample. A report table and chart here and
@@ -226,17 +235,19 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
     from dagster_platform.agents.evaluation import load_cases
     from dagster_platform.agents.frozen import build_frozen_state
 
-    settings = get_settings()
+    settings = state.settings(
+        data_folder=data_folder, ontology=ontology, knowledge=knowledge, mlflow=mlflow
+    )
     gate = finetune.gate()
-    registry = _registry(settings)
+    registry = mlflow.registry()
     challenger = _challenger(registry)
-    dataset_dir = artifacts.dataset_dir(settings, challenger.dataset_version)
+    dataset_dir = artifacts.dataset_dir(state.path, challenger.dataset_version)
     cases, frozen = None, None
     if gate.evaluation.agent_cases:
-        cases = load_cases(settings.data_dir / "golden_questions.jsonl")
-        frozen = build_frozen_state(settings, artifacts.frozen_state_dir(settings))
+        cases = load_cases(data_folder.path / "golden_questions.jsonl")
+        frozen = build_frozen_state(settings, artifacts.frozen_state_dir(state.path))
     report = evaluate_candidates(
-        registry_candidates(registry, settings.state_dir / "adapters"),
+        registry_candidates(registry, state.path / "adapters"),
         load_split(dataset_dir, "eval"),
         base_model_path=finetune.base_model(),
         config=gate,
@@ -245,11 +256,11 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
     )
     run_id = log_evaluation(
         report,
-        settings.resolved_mlflow_tracking_uri,
-        settings.state_dir / "mlartifacts",
+        mlflow.uri,
+        mlflow.artifacts,
         tags={"dagster_run_id": context.run_id},
     )
-    path = artifacts.save_evaluation(settings, challenger.version, report)
+    path = artifacts.save_evaluation(state.path, challenger.version, report)
     champion = report.get("champion")
     for candidate in report.candidates:
         context.log.info(f"{candidate.label}: {candidate.error or candidate.metrics}")
@@ -265,28 +276,21 @@ def adapter_evaluation(context: dg.AssetExecutionContext, finetune: FinetuneReso
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"mlflow", "duckdb"},
-    owners=OWNERS,
-    pool=WAREHOUSE_POOL,
-    deps=[adapter_evaluation],
-    op_tags=GPU_STEP,
-)
 def promoted_adapter(
     context: dg.AssetExecutionContext,
     finetune: FinetuneResource,
     llm: LLMResource,
     warehouse: WarehouseResource,
+    state: StateResource,
+    mlflow: MLflowResource,
 ):
     """The gate: the challenger takes `champion` only when its primary metric beats the
     incumbent's by the configured margin and no guardrail regresses. A promoted adapter is
     served at once; one that fails to load gives the alias back to the previous champion.
     Every decision is a row of the `promotions` table."""
-    settings = get_settings()
-    registry = _registry(settings)
+    registry = mlflow.registry()
     challenger = _challenger(registry)
-    report: EvaluationReport = artifacts.load_evaluation(settings, challenger.version)
+    report: EvaluationReport = artifacts.load_evaluation(state.path, challenger.version)
     measured = report.get("challenger")
     if measured is None:
         raise dg.Failure(f"the evaluation of v{challenger.version} has no challenger row")
@@ -313,10 +317,6 @@ def promoted_adapter(
     )
 
 
-def _registry(settings: Settings) -> AdapterRegistry:
-    return AdapterRegistry(settings.resolved_mlflow_tracking_uri, settings.registered_model)
-
-
 def _challenger(registry: AdapterRegistry):
     challenger = registry.by_alias(CHALLENGER)
     if challenger is None:
@@ -324,4 +324,23 @@ def _challenger(registry: AdapterRegistry):
     return challenger
 
 
-finetune_assets = [sft_dataset, lora_adapter, adapter_evaluation, promoted_adapter]
+def finetune_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The loop's assets. Training, evaluating (the model's loss and answers) and serving the
+    adapter carry the GPU node tags of `settings`, read when the definitions load: dagster-k8s
+    puts them on a GPU node when they run as pods of their own (the k8s profile); elsewhere
+    the tags are not read."""
+    on_gpu = functools.partial(
+        dg.asset,
+        group_name=GROUP,
+        kinds={"pytorch", "mlflow"},
+        owners=OWNERS,
+        op_tags=gpu_step_tags(settings),
+    )
+    return [
+        sft_dataset,
+        on_gpu(deps=[sft_dataset])(lora_adapter),
+        on_gpu(deps=["lora_adapter"])(adapter_evaluation),
+        on_gpu(kinds={"mlflow", "duckdb"}, pool=WAREHOUSE_POOL, deps=["adapter_evaluation"])(
+            promoted_adapter
+        ),
+    ]

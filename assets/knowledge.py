@@ -33,12 +33,12 @@ from dagster_platform.knowledge.retriever import MODES, HybridRetriever
 from dagster_platform.knowledge.tokens import whitespace_tokenize
 from dagster_platform.lib.markdown import markdown_table
 from dagster_platform.lib.tracking import log_run
-from dagster_platform.settings import get_settings
 from resources import (
     VECTOR_STORE_POOL,
     WAREHOUSE_POOL,
     DataFolderResource,
     KnowledgeResource,
+    MLflowResource,
     WarehouseResource,
 )
 
@@ -193,6 +193,7 @@ def retrieval_eval(
     warehouse: WarehouseResource,
     knowledge: KnowledgeResource,
     data_folder: DataFolderResource,
+    mlflow: MLflowResource,
 ):
     """The golden questions through retrieval: hit@1/3/5 and MRR, overall, per route and per
     language, for vector-only, lexical-only and hybrid (plus lexical with whitespace tokens, to
@@ -218,16 +219,15 @@ def retrieval_eval(
         scores = evaluate(searches, questions)
     table = scores_table(scores)
     hybrid, vector = score_of(scores, "hybrid"), score_of(scores, "vector")
-    settings = get_settings()
     tracked = log_run(
-        settings.resolved_mlflow_tracking_uri,
+        mlflow.uri,
         "retrieval_eval",
         run_name=f"retrieval_eval-{context.run_id[:8]}",
         params={"chunks": len(chunks), "questions": len(questions), "rrf_k": retriever.rrf_k},
         metrics=metrics(scores),
         texts={"retrieval_eval.md": table},
         tags={"dagster_run_id": context.run_id},
-        artifact_root=settings.state_dir / "mlartifacts",
+        artifact_root=mlflow.artifacts,
     )
     not_worse = hybrid.hits[5] >= vector.hits[5] and hybrid.mrr >= vector.mrr
     yield dg.AssetCheckResult(

@@ -6,7 +6,7 @@ their backing tables on their own (declarative automation); each publishes only 
 passed its blocking checks, so the previous good tables stay when a build is refused.
 """
 
-import logging
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -28,8 +28,8 @@ from dagster_platform.ontology.build import (
 from dagster_platform.ontology.graph import analyse, load_graph, picture, store_metrics
 from dagster_platform.ontology.loader import LoadedOntology, OntologyError, Problem, load_ontology
 from dagster_platform.ontology.versioning import diff, last_published, publish, version_of
-from dagster_platform.settings import get_settings
-from resources import WAREHOUSE_POOL, OntologyResource, WarehouseResource
+from dagster_platform.settings import Settings
+from resources import WAREHOUSE_POOL, OntologyResource, StateResource, WarehouseResource
 
 GROUP = "ontology"
 OWNERS = ["team:data-platform"]
@@ -44,43 +44,61 @@ def _platform_tables() -> set[str]:
     return {spec.name for spec in SOURCES} | STREAM_TABLES
 
 
-def _backing_deps() -> list[str]:
-    """Asset keys of the platform tables the declared ontology reads. An ontology that does not
-    load yet gives none: the run then fails with its problems instead of the code location."""
+def backing_deps(ontology_dir: Path) -> list[str]:
+    """Asset keys of the platform tables the declared ontology reads: the lineage of
+    `ontology_objects`. An ontology that does not load stops the definitions with its problems
+    (file and line), rather than drawing a lineage without them."""
     try:
-        loaded = load_ontology(get_settings().ontology_dir)
+        loaded = load_ontology(ontology_dir)
     except (OntologyError, OSError) as exc:
-        logging.getLogger(__name__).warning("ontology not loaded for lineage: %s", exc)
-        return []
+        exc.add_note(f"while drawing the lineage of ontology_objects from {ontology_dir}")
+        raise
     return sorted(backing_tables(loaded.ontology) & _platform_tables())
 
 
-BACKING = _backing_deps()
-STREAMED = sorted(set(BACKING) & STREAM_TABLES)
-
-
-def _follow(streamed: list[str]) -> dg.AutomationCondition:
-    """Eager on the schema and file tables; tables fed by Kafka change every few seconds, so
-    their updates are picked up on a cron tick instead of rebuilding the ontology each time."""
-    stream = dg.AssetSelection.assets(*streamed)
-    eager = (
+def _eager(streamed: list[str]) -> dg.AutomationCondition:
+    """Eager on the schema and file tables, ignoring updates of the `streamed` ones."""
+    return (
         dg.AutomationCondition.eager()
         .without(~dg.AutomationCondition.any_deps_missing())
-        .replace("any_deps_updated", dg.AutomationCondition.any_deps_updated().ignore(stream))
+        .replace(
+            "any_deps_updated",
+            dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(*streamed)),
+        )
     )
+
+
+def _follow(streamed: list[str], cron: str) -> dg.AutomationCondition:
+    """Eager on the schema and file tables; tables fed by Kafka change every few seconds, so
+    their updates are picked up on a cron tick instead of rebuilding the ontology each time."""
     if not streamed:
-        return eager.with_label("eager_allow_missing")
+        return FOLLOW_ONTOLOGY
     periodic = (
-        dg.AutomationCondition.cron_tick_passed(get_settings().ontology_refresh_cron)
-        & dg.AutomationCondition.any_deps_updated().allow(stream).since_last_handled()
+        dg.AutomationCondition.cron_tick_passed(cron)
+        & dg.AutomationCondition.any_deps_updated()
+        .allow(dg.AssetSelection.assets(*streamed))
+        .since_last_handled()
         & ~dg.AutomationCondition.in_progress()
         & ~dg.AutomationCondition.any_deps_in_progress()
     )
-    return (eager | periodic).with_label("eager, streamed tables on a cron tick")
+    return (_eager(streamed) | periodic).with_label("eager, streamed tables on a cron tick")
 
 
-FOLLOW_BACKING = _follow(STREAMED)
-FOLLOW_ONTOLOGY = _follow([])
+FOLLOW_ONTOLOGY = _eager([]).with_label("eager_allow_missing")
+
+OBJECT_CHECKS = [
+    dg.AssetCheckSpec(
+        "unique_keys",
+        asset="ontology_objects",
+        blocking=True,
+        description="Every object has a primary key, and no key occurs twice in a type.",
+    ),
+    dg.AssetCheckSpec(
+        "allowed_values",
+        asset="ontology_objects",
+        description="Properties declared with `allowed` hold only those values.",
+    ),
+]
 
 
 def _problems_md(problems: list[Problem]) -> dg.MetadataValue:
@@ -192,27 +210,6 @@ def ontology_schema(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"duckdb"},
-    owners=OWNERS,
-    deps=["ontology_schema", *BACKING],
-    pool=WAREHOUSE_POOL,
-    automation_condition=FOLLOW_BACKING,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "unique_keys",
-            asset="ontology_objects",
-            blocking=True,
-            description="Every object has a primary key, and no key occurs twice in a type.",
-        ),
-        dg.AssetCheckSpec(
-            "allowed_values",
-            asset="ontology_objects",
-            description="Properties declared with `allowed` hold only those values.",
-        ),
-    ],
-)
 def ontology_objects(
     context: dg.AssetExecutionContext, ontology: OntologyResource, warehouse: WarehouseResource
 ):
@@ -336,7 +333,10 @@ def ontology_links(
     automation_condition=FOLLOW_ONTOLOGY,
 )
 def ontology_graph(
-    context: dg.AssetExecutionContext, ontology: OntologyResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    ontology: OntologyResource,
+    warehouse: WarehouseResource,
+    state: StateResource,
 ) -> dg.MaterializeResult:
     """The ontology as a networkx graph: degree and betweenness centrality, communities and
     components per object in `ontology_graph_metrics`, and a picture of its most connected
@@ -349,7 +349,7 @@ def ontology_graph(
     image = picture(graph, analytics)
     with warehouse.get_connection() as conn:
         rows = store_metrics(conn, analytics)
-    path = get_settings().state_dir / "ontology_graph.png"
+    path = state.path / "ontology_graph.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(image)
     summary = analytics.summary
@@ -382,4 +382,19 @@ def ontology_graph(
     )
 
 
-ontology_assets = [ontology_schema, ontology_objects, ontology_links, ontology_graph]
+def ontology_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The group as the declared ontology draws it: `ontology_objects` depends on the tables
+    the YAML maps (read when the definitions load, so a broken YAML fails them loudly) and
+    follows the streamed ones on the configured cron."""
+    backing = backing_deps(settings.ontology_dir)
+    streamed = sorted(set(backing) & STREAM_TABLES)
+    objects = dg.asset(
+        group_name=GROUP,
+        kinds={"duckdb"},
+        owners=OWNERS,
+        deps=["ontology_schema", *backing],
+        pool=WAREHOUSE_POOL,
+        automation_condition=_follow(streamed, settings.ontology_refresh_cron),
+        check_specs=OBJECT_CHECKS,
+    )(ontology_objects)
+    return [ontology_schema, objects, ontology_links, ontology_graph]

@@ -1,5 +1,9 @@
 """The code location: merges what `assets`, `resources` and `sensors` export.
 
+Built when Dagster loads the code location, not when this module is imported: the settings
+are read then, and so is the ontology YAML the lineage is drawn from (a broken one fails the
+load with its problems).
+
 Locally runs execute in process: every warehouse writer shares one pool slot anyway, and a run
 that does not start a process per step starts landing seconds sooner. In the `k8s` profile each
 step is a pod of its own (dagster-k8s `k8s_job_executor`), so the training and serving steps
@@ -22,9 +26,12 @@ def executor_for(profile: Profile) -> dg.ExecutorDefinition:
     return dg.in_process_executor
 
 
-defs = dg.Definitions.merge(
-    assets.defs,
-    resources.defs,
-    sensors.defs,
-    dg.Definitions(executor=executor_for(get_settings().profile)),
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    settings = get_settings()
+    return dg.Definitions.merge(
+        assets.build_defs(settings),
+        resources.defs,
+        sensors.build_defs(settings),
+        dg.Definitions(executor=executor_for(settings.profile)),
+    )

@@ -7,7 +7,9 @@ from resources.finetune import FinetuneResource
 from resources.kafka import KafkaResource
 from resources.knowledge import VECTOR_STORE_POOL, KnowledgeResource
 from resources.llm import LLMResource
+from resources.mlflow import MLflowResource
 from resources.ontology import OntologyResource
+from resources.state import StateResource
 from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "KafkaResource",
     "KnowledgeResource",
     "LLMResource",
+    "MLflowResource",
     "OntologyResource",
+    "StateResource",
     "WarehouseResource",
     "defs",
 ]
@@ -32,5 +36,7 @@ defs = dg.Definitions(
         "knowledge": KnowledgeResource(),
         "llm": LLMResource(),
         "finetune": FinetuneResource(),
+        "mlflow": MLflowResource(),
+        "state": StateResource(),
     }
 )

@@ -11,13 +11,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from dagster_platform.finetune.gate import GateConfig
-from dagster_platform.finetune.recipe import Recipe
+from dagster_platform.finetune.gate import DEFAULT_GATE, GateConfig
+from dagster_platform.finetune.recipe import DEFAULT_RECIPE, Recipe
 from dagster_platform.llm.service import resolve_base_model
-from dagster_platform.settings import REPO_ROOT, get_settings
-
-DEFAULT_RECIPE = REPO_ROOT / "data" / "finetune" / "recipe.yaml"
-DEFAULT_GATE = REPO_ROOT / "data" / "finetune" / "gate.yaml"
+from dagster_platform.settings import get_settings
 
 
 class FinetuneResource(dg.ConfigurableResource):
@@ -29,6 +26,14 @@ class FinetuneResource(dg.ConfigurableResource):
     gate_path: str | None = Field(
         default=None, description="Promotion gate YAML; default data/finetune/gate.yaml."
     )
+    feedback_threshold: int | None = Field(
+        default=None, ge=1, description="Overrides DAGSTER_PLATFORM_FINETUNE_THRESHOLD."
+    )
+
+    @property
+    def threshold(self) -> int:
+        """New usable ratings since the last dataset that start the loop."""
+        return self.feedback_threshold or get_settings().finetune_feedback_threshold
 
     def recipe(self) -> Recipe:
         return Recipe.load(Path(self.recipe_path) if self.recipe_path else DEFAULT_RECIPE)

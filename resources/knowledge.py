@@ -53,14 +53,15 @@ class KnowledgeResource(dg.ConfigurableResource):
             return Path(self.lexical_path)
         return get_settings().state_dir / "knowledge" / "bm25"
 
+    @property
+    def model_name(self) -> str | None:
+        return self.embedding_model or get_settings().embedding_model
+
     def embedder(self) -> Embedder:
         from dagster_platform.knowledge.embeddings import Embedder
 
-        settings = get_settings()
         return Embedder.from_name(
-            self.embedding_model or settings.embedding_model,
-            settings.models_dir,
-            backend=self.embedding_backend,
+            self.model_name, get_settings().models_dir, backend=self.embedding_backend
         )
 
     @contextmanager

@@ -6,7 +6,7 @@ import dagster as dg
 from assets.agents import ALERT_PARTITIONS
 from dagster_platform.kafka.alert_follower import AlertFollower
 from dagster_platform.kafka.topics import KafkaUnavailable
-from dagster_platform.settings import get_settings
+from resources import KafkaResource
 
 incident_reports_job = dg.define_asset_job(
     "incident_reports_job", selection=["incident_reports"], partitions_def=ALERT_PARTITIONS
@@ -20,9 +20,10 @@ incident_reports_job = dg.define_asset_job(
     description="Adds an `alerts` partition per new alert on ops-alerts and requests its "
     "root-cause report (each alert once: the run key is the alert id).",
 )
-def new_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    settings = get_settings()
-    follower = AlertFollower(settings.bootstrap_servers)
+def new_alerts(
+    context: dg.SensorEvaluationContext, kafka: KafkaResource
+) -> dg.SensorResult | dg.SkipReason:
+    follower = AlertFollower(kafka.servers)
     try:
         try:
             alerts = follower.poll()

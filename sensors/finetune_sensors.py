@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.finetune import FINETUNE_TAG, finetune_assets
+from assets.finetune import FINETUNE_TAG, GROUP
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, FeedbackBacklog
-from dagster_platform.settings import get_settings
+from dagster_platform.settings import Settings
+from resources import FinetuneResource
 from sensors.stream_sensors import IN_FLIGHT
 
 finetune_job = dg.define_asset_job(
     "finetune_job",
-    selection=dg.AssetSelection.assets(*finetune_assets),
+    selection=dg.AssetSelection.groups(GROUP),
     tags={FINETUNE_TAG: "loop"},
     description="Dataset, adapter, evaluation and promotion, in order.",
 )
@@ -52,8 +53,10 @@ def _loop_in_flight(instance: dg.DagsterInstance) -> str | None:
     description="Requests the fine-tune loop once DAGSTER_PLATFORM_FINETUNE_THRESHOLD new "
     "positive ratings or corrections have landed since the last dataset.",
 )
-def new_feedback(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    threshold = get_settings().finetune_feedback_threshold
+def new_feedback(
+    context: dg.SensorEvaluationContext, finetune: FinetuneResource
+) -> dg.SensorResult | dg.SkipReason:
+    threshold = finetune.threshold
     backlog = feedback_backlog(context.instance)
     if not backlog.due(threshold):
         return dg.SkipReason(backlog.describe(threshold))
@@ -78,8 +81,8 @@ def _nightly(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipRe
     return dg.RunRequest(tags={"reason": f"nightly; {backlog.describe(0)}"})
 
 
-def nightly_finetune() -> dg.ScheduleDefinition:
-    settings = get_settings()
+def nightly_finetune(settings: Settings) -> dg.ScheduleDefinition:
+    """The nightly loop on the configured cron and timezone, read when the definitions load."""
     return dg.ScheduleDefinition(
         name="nightly_finetune",
         job=finetune_job,

@@ -15,7 +15,6 @@ import dagster as dg
 from dagster_platform.kafka.backlog import backlog
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
 from dagster_platform.kafka.topics import KafkaUnavailable
-from dagster_platform.settings import get_settings
 from resources import KafkaResource
 
 STREAM_TAG = "dagster-platform/stream"
@@ -45,7 +44,7 @@ def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = json.loads(context.cursor) if context.cursor else {}
         now = time.time()
-        interval = get_settings().stream_sensor_interval
+        interval = kafka.sensor_interval
         if now - cursor.get("checked_at", 0.0) < interval:
             return dg.SkipReason(f"next check of {family.topic} in under {interval:.0f}s")
         cursor["checked_at"] = now

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from dagster_platform.finetune.dataset import MANIFEST
 from dagster_platform.lib import charts
-from dagster_platform.settings import Settings
 
 if TYPE_CHECKING:
     from dagster_platform.finetune.evaluation import EvaluationReport
@@ -33,22 +32,22 @@ class NotEvaluated(RuntimeError):
     """The challenger has no saved evaluation for the gate to read."""
 
 
-def finetune_dir(settings: Settings) -> Path:
-    return settings.state_dir / "finetune"
+def finetune_dir(state_dir: Path) -> Path:
+    return state_dir / "finetune"
 
 
-def datasets_dir(settings: Settings) -> Path:
-    return finetune_dir(settings) / "datasets"
+def datasets_dir(state_dir: Path) -> Path:
+    return finetune_dir(state_dir) / "datasets"
 
 
-def frozen_state_dir(settings: Settings) -> Path:
+def frozen_state_dir(state_dir: Path) -> Path:
     """The frozen copy of the sample the agent subset runs on (rebuilt when the sample
     changes, reused otherwise)."""
-    return finetune_dir(settings) / "frozen"
+    return finetune_dir(state_dir) / "frozen"
 
 
-def training_dir(settings: Settings, run_id: str) -> Path:
-    return finetune_dir(settings) / "runs" / run_id
+def training_dir(state_dir: Path, run_id: str) -> Path:
+    return finetune_dir(state_dir) / "runs" / run_id
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -58,45 +57,45 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def mark_latest_dataset(settings: Settings, version: str) -> None:
+def mark_latest_dataset(state_dir: Path, version: str) -> None:
     _write_json(
-        datasets_dir(settings) / LATEST, {"version": version, "at": datetime.now(UTC).isoformat()}
+        datasets_dir(state_dir) / LATEST, {"version": version, "at": datetime.now(UTC).isoformat()}
     )
 
 
-def latest_dataset(settings: Settings) -> Path:
-    pointer = datasets_dir(settings) / LATEST
+def latest_dataset(state_dir: Path) -> Path:
+    pointer = datasets_dir(state_dir) / LATEST
     if not pointer.is_file():
         raise NoDataset(
             f"no dataset has passed its checks yet ({pointer} is missing): "
             "materialize sft_dataset first"
         )
-    return dataset_dir(settings, json.loads(pointer.read_text(encoding="utf-8"))["version"])
+    return dataset_dir(state_dir, json.loads(pointer.read_text(encoding="utf-8"))["version"])
 
 
-def dataset_dir(settings: Settings, version: str | None) -> Path:
+def dataset_dir(state_dir: Path, version: str | None) -> Path:
     if not version:
-        return latest_dataset(settings)
-    path = datasets_dir(settings) / version
+        return latest_dataset(state_dir)
+    path = datasets_dir(state_dir) / version
     if not (path / MANIFEST).is_file():
-        raise NoDataset(f"dataset {version} is not in {datasets_dir(settings)}")
+        raise NoDataset(f"dataset {version} is not in {datasets_dir(state_dir)}")
     return path
 
 
-def evaluation_path(settings: Settings, version: str) -> Path:
-    return finetune_dir(settings) / "evaluations" / f"v{version}.json"
+def evaluation_path(state_dir: Path, version: str) -> Path:
+    return finetune_dir(state_dir) / "evaluations" / f"v{version}.json"
 
 
-def save_evaluation(settings: Settings, version: str, report: EvaluationReport) -> Path:
-    path = evaluation_path(settings, version)
+def save_evaluation(state_dir: Path, version: str, report: EvaluationReport) -> Path:
+    path = evaluation_path(state_dir, version)
     _write_json(path, report.to_dict())
     return path
 
 
-def load_evaluation(settings: Settings, version: str) -> EvaluationReport:
+def load_evaluation(state_dir: Path, version: str) -> EvaluationReport:
     from dagster_platform.finetune.evaluation import EvaluationReport
 
-    path = evaluation_path(settings, version)
+    path = evaluation_path(state_dir, version)
     if not path.is_file():
         raise NotEvaluated(f"challenger v{version} has not been evaluated: no {path}")
     return EvaluationReport.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dagster_platform.lib.yaml_models import load_model
 from dagster_platform.settings import REPO_ROOT
 
 DEFAULT_GATE = REPO_ROOT / "data" / "finetune" / "gate.yaml"
@@ -92,23 +92,14 @@ class GateConfig(_Strict):
 
     @classmethod
     def load(cls, path: Path = DEFAULT_GATE) -> GateConfig:
-        path = Path(path)
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise GateConfigError(f"{path}: no gate configuration there") from exc
-        except yaml.YAMLError as exc:
-            raise GateConfigError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(document, dict):
-            raise GateConfigError(f"{path}: expected a mapping with `primary:` at the top")
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
-                for error in exc.errors()
-            )
-            raise GateConfigError(f"{path}: {problems}") from exc
+        return load_model(
+            path,
+            cls,
+            GateConfigError,
+            name="gate file",
+            expected="gate configuration",
+            shape="expected a mapping with `primary:` at the top",
+        )
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,13 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     StrictBool,
-    ValidationError,
     model_validator,
 )
 
+from dagster_platform.lib.yaml_models import load_model
+from dagster_platform.settings import REPO_ROOT
+
+DEFAULT_RECIPE = REPO_ROOT / "data" / "finetune" / "recipe.yaml"
 ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
 
 
@@ -64,21 +67,16 @@ class Recipe(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: Path) -> Recipe:
+    def load(cls, path: Path = DEFAULT_RECIPE) -> Recipe:
         """Read a recipe file; every error names the file and the field at fault."""
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise RecipeError(f"recipe file {path} does not exist") from exc
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise RecipeError(f"recipe file {path} could not be read: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise RecipeError(f"recipe file {path} must hold a mapping of fields")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise RecipeError(f"recipe file {path}: {_describe(exc)}") from exc
+        return load_model(
+            path,
+            cls,
+            RecipeError,
+            name="recipe file",
+            expected="training recipe",
+            shape="must hold a mapping of fields",
+        )
 
     def resolved_qlora(self, cuda_available: bool) -> bool:
         """Whether to train on 4-bit base weights; `auto` means exactly when CUDA is there."""
@@ -103,16 +101,3 @@ class Recipe(BaseModel):
                 f"lora_target_modules: the model has no module {', '.join(map(repr, missing))}; "
                 f"its linear layers are: {', '.join(leaves)} (or use {ALL_LINEAR!r})"
             )
-
-
-def _describe(exc: ValidationError) -> str:
-    """Pydantic's errors as `field: message`, unknown fields listed with the known ones."""
-    parts = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"]) or "recipe"
-        if error["type"] == "extra_forbidden":
-            known = ", ".join(Recipe.model_fields)
-            parts.append(f"unknown field {field!r} (known fields: {known})")
-        else:
-            parts.append(f"{field}: {error['msg']}")
-    return "; ".join(parts)

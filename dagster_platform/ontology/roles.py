@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dagster_platform.lib.yaml_models import load_model
 
 
 class RolesError(ValueError):
@@ -45,21 +46,11 @@ class Roles(BaseModel):
 
 def load_roles(path: Path) -> Roles:
     """Parse and check the roles file; raise :class:`RolesError` naming it on any problem."""
-    if not path.is_file():
-        raise RolesError(f"{path}: roles file does not exist")
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RolesError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(document, dict):
-        raise RolesError(f"{path}: must be a mapping with `roles` and `users`")
-    try:
-        return Roles.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
-        raise RolesError(f"{path}: {problems}") from None
-
-
-def _problem(loc: tuple[str | int, ...], message: str) -> str:
-    message = message.removeprefix("Value error, ")
-    return f"{'.'.join(str(p) for p in loc)}: {message}" if loc else message
+    return load_model(
+        path,
+        Roles,
+        RolesError,
+        name="roles file",
+        expected="users and roles",
+        shape="must be a mapping with `roles` and `users`",
+    )

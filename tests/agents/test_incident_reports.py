@@ -20,8 +20,11 @@ from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import ALERT_EVENTS, AlertV1, encode
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, ensure_topics
 from dagster_platform.settings import Settings
+from resources import KafkaResource
 from sensors.alert_sensors import new_alerts
 from tests.support.state import live_settings
+
+KAFKA = {"kafka": KafkaResource()}  # the broker of KAFKA_BOOTSTRAP_SERVERS, as set per test
 
 
 def _alert(alert_id: str, metric: str = "cpu_pct") -> AlertV1:
@@ -71,14 +74,14 @@ def test_the_sensor_adds_a_partition_and_a_run_per_alert(
     alert_id = f"al-{uuid.uuid4().hex[:8]}"
     _produce(bootstrap, [encode(_alert(alert_id))])
     with dg.instance_for_test() as instance:
-        result = new_alerts(dg.build_sensor_context(instance=instance))
+        result = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
         assert isinstance(result, dg.SensorResult)
         keys = {r.partition_key for r in result.run_requests}
         assert alert_id in keys
         assert {r.run_key for r in result.run_requests} == {f"incident-report:{k}" for k in keys}
         (added,) = result.dynamic_partitions_requests
         assert alert_id in added.partition_keys
-        again = new_alerts(dg.build_sensor_context(instance=instance))
+        again = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
         assert isinstance(again, dg.SkipReason)
 
 
@@ -87,7 +90,7 @@ def test_the_sensor_skips_with_a_reason_when_the_broker_is_down(
 ) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     with dg.instance_for_test() as instance:
-        result = new_alerts(dg.build_sensor_context(instance=instance))
+        result = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
     assert isinstance(result, dg.SkipReason) and "broker unreachable" in result.skip_message
 
 

@@ -12,7 +12,7 @@ from assets.agents import ALERT_PARTITIONS, agent_benchmark, incident_reports
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.settings import REPO_ROOT, Settings
 from resources import LLMResource
-from tests.support.state import live_settings
+from tests.support.state import live_settings, platform_resources
 from tests.support.tiny_models import build_tiny_llm
 
 MINILM = REPO_ROOT / ".state" / "models" / "all-MiniLM-L6-v2"
@@ -24,7 +24,9 @@ def test_agent_benchmark_scores_the_golden_questions(
 ) -> None:
     monkeypatch.setenv("EMBEDDING_MODEL", str(MINILM))
     tiny = build_tiny_llm(tmp_path / "tiny")
-    result = dg.materialize([agent_benchmark], resources={"llm": LLMResource(base_model=str(tiny))})
+    result = dg.materialize(
+        [agent_benchmark], resources=platform_resources(llm=LLMResource(base_model=str(tiny)))
+    )
     assert result.success
     metadata = result.asset_materializations_for_node("agent_benchmark")[0].metadata
     assert metadata["questions"].value == 54
@@ -55,7 +57,12 @@ def test_an_incident_report_per_alert_partition(
         )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(ALERT_PARTITIONS.name, ["al-1"])
-        result = dg.materialize([incident_reports], instance=instance, partition_key="al-1")
+        result = dg.materialize(
+            [incident_reports],
+            instance=instance,
+            partition_key="al-1",
+            resources=platform_resources(),
+        )
     assert result.success
     metadata = result.asset_materializations_for_node("incident_reports")[0].metadata
     assert metadata["report"].value.startswith("# Incident report: al-1")

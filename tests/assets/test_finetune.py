@@ -22,7 +22,7 @@ from dagster_platform.kafka.tables import ensure_tables
 from dagster_platform.llm.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.settings import Settings
 from resources import FinetuneResource, LLMResource, WarehouseResource
-from tests.support.state import live_settings
+from tests.support.state import live_settings, platform_resources
 from tests.support.tiny_models import TINY_RECIPE, build_tiny_llm
 
 
@@ -76,13 +76,13 @@ def _materialize(
     gate.write_text(yaml.safe_dump(_gate(min_examples)), encoding="utf-8")
     with dg.instance_for_test() as instance:
         return dg.materialize(
-            finetune_assets,
+            finetune_assets(settings),
             instance=instance,
-            resources={
-                "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
-                "finetune": FinetuneResource(recipe_path=str(recipe), gate_path=str(gate)),
-                "llm": LLMResource(),
-            },
+            resources=platform_resources(
+                warehouse=WarehouseResource(database=str(settings.warehouse_path)),
+                finetune=FinetuneResource(recipe_path=str(recipe), gate_path=str(gate)),
+                llm=LLMResource(),
+            ),
             raise_on_error=False,
         )
 
@@ -103,7 +103,7 @@ def test_the_loop_trains_evaluates_promotes_and_serves(loop_state: Settings, tmp
     assert dataset["counts"]["source"]["feedback"] == 1  # the down vote without one is skipped
     assert dataset["scrubbed"] == {"email": 1}
     assert dataset["usable_feedback_total"] == 2
-    path = artifacts.latest_dataset(loop_state)
+    path = artifacts.latest_dataset(loop_state.state_dir)
     rows = load_split(path, "train") + load_split(path, "eval")
     assert not any("ops@example.com" in r["completion"] for r in rows)
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
@@ -138,4 +138,4 @@ def test_too_few_examples_fail_the_check_and_nothing_trains(loop_state: Settings
     registry = AdapterRegistry(loop_state.resolved_mlflow_tracking_uri, "ops-assistant")
     assert registry.versions() == []
     with pytest.raises(artifacts.NoDataset):
-        artifacts.latest_dataset(loop_state)
+        artifacts.latest_dataset(loop_state.state_dir)

@@ -26,7 +26,14 @@ from dagster_platform.knowledge.evaluation import (
     score_of,
 )
 from dagster_platform.knowledge.retriever import Hit
-from resources import DataFolderResource, OntologyResource, WarehouseResource
+from dagster_platform.settings import Settings
+from resources import (
+    DataFolderResource,
+    MLflowResource,
+    OntologyResource,
+    StateResource,
+    WarehouseResource,
+)
 from resources.knowledge import KnowledgeResource
 from tests.support.results import checks, materialized, metadata
 from tests.support.state import ONTOLOGY_DIR, SAMPLE_DIR, isolate_environment
@@ -42,12 +49,14 @@ def run(
     model: str | None = None,
 ):
     return dg.materialize(
-        [*ontology_assets, *knowledge_assets],
+        [*ontology_assets(Settings(ontology_dir=ONTOLOGY_DIR)), *knowledge_assets],
         selection=selection,
         resources={
             "warehouse": WarehouseResource(database=str(warehouse)),
             "ontology": OntologyResource(folder=str(ONTOLOGY_DIR)),
             "data_folder": DataFolderResource(folder=str(data)),
+            "state": StateResource(folder=str(state)),
+            "mlflow": MLflowResource(),
             "knowledge": KnowledgeResource(
                 chroma_path=str(state / "chroma"),
                 lexical_path=str(state / "bm25"),
@@ -188,7 +197,7 @@ def test_embeddings_follow_new_chunks_not_every_rebuild() -> None:
 
     def tick(instance: dg.DagsterInstance) -> set[str]:
         nonlocal cursor
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        result = dg.evaluate_automation_conditions(defs=defs(), instance=instance, cursor=cursor)
         cursor = result.cursor
         return {
             k

@@ -13,7 +13,8 @@ import pytest
 
 from assets.ontology import ontology_assets
 from dagster_platform.definitions import defs
-from resources import OntologyResource, WarehouseResource
+from dagster_platform.settings import Settings
+from resources import OntologyResource, StateResource, WarehouseResource
 from sensors.ontology_sensors import ontology_changes
 from tests.support.results import checks, materialized, metadata
 from tests.support.state import ONTOLOGY_DIR
@@ -27,11 +28,15 @@ def folder(tmp_path: Path) -> Path:
 
 
 def run(warehouse: Path, folder: Path, instance: dg.DagsterInstance | None = None):
+    """The group as the code location loaded it from the shipped ontology, run against
+    `folder`: the YAML a person edits while it runs (an invalid one fails the definitions when
+    they next load, see tests/test_definitions.py)."""
     return dg.materialize(
-        ontology_assets,
+        ontology_assets(Settings(ontology_dir=ONTOLOGY_DIR)),
         resources={
             "warehouse": WarehouseResource(database=str(warehouse)),
             "ontology": OntologyResource(folder=str(folder)),
+            "state": StateResource(folder=str(warehouse.parent / "state")),
         },
         instance=instance,
         raise_on_error=False,
@@ -144,7 +149,7 @@ def test_objects_follow_their_schema_and_backing_tables_on_their_own() -> None:
     def tick(instance, at: datetime) -> set[str]:
         nonlocal cursor
         result = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, cursor=cursor, evaluation_time=at
+            defs=defs(), instance=instance, cursor=cursor, evaluation_time=at
         )
         cursor = result.cursor
         return {k for k in ontology if result.get_num_requested(dg.AssetKey(k))}

@@ -100,11 +100,11 @@ def test_rollups_follow_landing_on_their_own(
 ) -> None:
     produce(private_broker, "raw-data-stream", samples(1))
     with dg.instance_for_test() as instance:
-        before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        before = dg.evaluate_automation_conditions(defs=defs(), instance=instance)
         assert before.total_requested == 0
         dg.materialize(landing_assets, resources=resources, instance=instance)
         after = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, cursor=before.cursor
+            defs=defs(), instance=instance, cursor=before.cursor
         )
     derived = {spec.name for spec in ROLLUPS} | {"dead_letter_events"}
     candidates = derived | {"host_metrics", "clusters"}

@@ -146,7 +146,7 @@ def test_training_and_serving_steps_ask_for_a_gpu_node(
 ) -> None:
     from dagster_platform.definitions import defs
 
-    tags = dict(defs.resolve_assets_def(step).op.tags)
+    tags = dict(defs().resolve_assets_def(step).op.tags)
     image = user_deployment(values)["image"]
     spec = step_job(launcher, f"{image['repository']}:{image['tag']}", step, tags)
     pod = spec["spec"]["template"]["spec"]
@@ -165,7 +165,7 @@ def test_other_steps_stay_on_cpu_nodes(
 ) -> None:
     from dagster_platform.definitions import defs
 
-    tags = dict(defs.resolve_assets_def("sft_dataset").op.tags)
+    tags = dict(defs().resolve_assets_def("sft_dataset").op.tags)
     assert K8S_CONFIG_TAG not in tags
     spec = step_job(launcher, "dagster-platform:test", "sft_dataset", tags)
     pod = spec["spec"]["template"]["spec"]

@@ -104,7 +104,7 @@ def ingestion_assets() -> list[dg.AssetsDefinition]:
     """Every asset definition of the code location in the ingestion group."""
     selected = [
         a
-        for a in defs.assets or []
+        for a in defs().assets or []
         if isinstance(a, dg.AssetsDefinition) and GROUP in a.group_names_by_key.values()
     ]
     assert all(set(a.group_names_by_key.values()) == {GROUP} for a in selected)

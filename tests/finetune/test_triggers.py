@@ -15,7 +15,11 @@ from dagster_platform.agents import interactions
 from dagster_platform.finetune.triggers import USABLE_FEEDBACK_TOTAL, usable_feedback_total
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
 from dagster_platform.kafka.tables import ensure_tables
+from dagster_platform.settings import get_settings
+from resources import FinetuneResource
 from sensors.finetune_sensors import finetune_job, new_feedback, nightly_finetune
+
+FINETUNE = {"finetune": FinetuneResource()}  # the threshold of the environment, 3 here
 
 
 def _landed(instance: dg.DagsterInstance, asset: str, total: int) -> None:
@@ -49,25 +53,27 @@ def test_usable_feedback_counts_up_votes_and_corrections(tmp_path: Path) -> None
 
 def test_sensor_waits_for_the_threshold_then_requests_once(instance) -> None:
     _landed(instance, "feedback_events", 2)
-    result = new_feedback(dg.build_sensor_context(instance=instance))
+    result = new_feedback(dg.build_sensor_context(instance=instance, resources=FINETUNE))
     assert isinstance(result, dg.SkipReason)
     assert "2 new usable feedback" in result.skip_message
 
     _landed(instance, "feedback_events", 3)
-    result = new_feedback(dg.build_sensor_context(instance=instance))
+    result = new_feedback(dg.build_sensor_context(instance=instance, resources=FINETUNE))
     assert isinstance(result, dg.SensorResult)
     assert len(result.run_requests) == 1 and result.cursor == "3"
 
-    again = new_feedback(dg.build_sensor_context(instance=instance, cursor="3"))
+    again = new_feedback(dg.build_sensor_context(instance=instance, cursor="3", resources=FINETUNE))
     assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
 
 
 def test_sensor_counts_from_the_last_dataset(instance) -> None:
     _landed(instance, "feedback_events", 10)
     _landed(instance, "sft_dataset", 9)
-    assert isinstance(new_feedback(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    assert isinstance(
+        new_feedback(dg.build_sensor_context(instance=instance, resources=FINETUNE)), dg.SkipReason
+    )
     _landed(instance, "feedback_events", 12)
-    result = new_feedback(dg.build_sensor_context(instance=instance))
+    result = new_feedback(dg.build_sensor_context(instance=instance, resources=FINETUNE))
     assert isinstance(result, dg.SensorResult) and result.run_requests
 
 
@@ -81,12 +87,12 @@ def test_sensor_does_not_start_a_second_loop(instance) -> None:
             status=dg.DagsterRunStatus.STARTED,
         )
     )
-    result = new_feedback(dg.build_sensor_context(instance=instance))
+    result = new_feedback(dg.build_sensor_context(instance=instance, resources=FINETUNE))
     assert isinstance(result, dg.SkipReason) and "in flight" in result.skip_message
 
 
 def test_nightly_schedule_runs_at_three_and_skips_without_new_feedback(instance) -> None:
-    schedule = nightly_finetune()
+    schedule = nightly_finetune(get_settings())
     assert schedule.cron_schedule == "0 3 * * *"
     first = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
     assert first.run_requests, "the first night builds the first dataset"

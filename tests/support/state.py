@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -64,3 +65,11 @@ def load_sample_warehouse(path: Path, data: Path = SAMPLE_DIR) -> Path:
         for rollup in ROLLUPS:
             conn.execute(rollup.create)
     return path
+
+
+def platform_resources(**overrides: Any) -> dict[str, Any]:
+    """The code location's resources, each defaulting to the test's environment (see
+    `isolate_environment`), with `overrides` in place of some."""
+    import resources
+
+    return {**(resources.defs.resources or {}), **overrides}

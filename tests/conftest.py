@@ -1,4 +1,9 @@
-"""Shared fixtures: a real embedded Kafka broker per session, temp state and data folders."""
+"""Shared fixtures: a real embedded Kafka broker per session, temp state and data folders.
+
+Tests that use a real component carry its marker (`kafka`, `models`, `postgres`), so a fast
+subset runs with e.g. `pytest -m "not kafka and not models and not postgres"`. A test that
+asks for a broker or Postgres fixture is marked here; one that starts its own or loads a
+packaged model says so with `pytest.mark.kafka` / `pytest.mark.models` itself."""
 
 from __future__ import annotations
 
@@ -14,6 +19,14 @@ from tests.support.state import (
     isolate_environment,
     load_sample_warehouse,
 )
+
+COMPONENT_FIXTURES = {"kafka_broker": "kafka", "private_broker": "kafka", "postgres": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in COMPONENT_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(COMPONENT_FIXTURES[fixture])
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from dagster_platform.agents.assistant import Assistant
-from dagster_platform.agents.evaluation import load_cases, markdown_table, metrics, run_cases
+from dagster_platform.agents.evaluation import load_cases, metrics, results_table, run_cases
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.agents.incident_report import AlertNotLanded, build_report, read_alert
 from dagster_platform.agents.tools import ToolContext
@@ -66,7 +66,7 @@ def agent_benchmark(
         finally:
             assistant.close()
     scores = metrics(results)
-    table = markdown_table(results)
+    table = results_table(results)
     served_label = served.label if served else "no LLM"
     run = log_run(
         settings.resolved_mlflow_tracking_uri,

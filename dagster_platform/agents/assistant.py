@@ -21,7 +21,6 @@ from dagster_platform.agents.classifier import RouteClassifier, load_routes
 from dagster_platform.agents.entities import Entities, EntityLinker
 from dagster_platform.agents.interactions import Interaction
 from dagster_platform.agents.planner import (
-    AGENT_TOOLS,
     LLMPlanner,
     PlannerKind,
     RulePlanner,
@@ -29,7 +28,8 @@ from dagster_platform.agents.planner import (
     Turn,
 )
 from dagster_platform.agents.router import RouteDecision, Router
-from dagster_platform.agents.tools import TOOLS, ToolContext, ToolResult
+from dagster_platform.agents.tools import AGENT_TOOLS, TOOLS, ToolContext, ToolResult
+from dagster_platform.agents.tools.data import PROPOSE_KILL
 from dagster_platform.lib.logs import get_logger, mask_text
 from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.llm.base import GenerationConfig, LLMError, Message
@@ -233,7 +233,7 @@ class Assistant:
         proposed = [
             row["action_id"]
             for r in results
-            if r.tool == "propose_kill"
+            if r.tool == PROPOSE_KILL.name
             for row in r.rows
             if row.get("action_id") and row.get("status") in ("proposed", "already_proposed")
         ]

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from dagster_platform.agents.assistant import Answer, Assistant
 from dagster_platform.knowledge.evaluation import read_golden
+from dagster_platform.lib.markdown import markdown_table
 
 
 @dataclass(frozen=True)
@@ -145,16 +148,16 @@ def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
     }
 
 
-def markdown_table(results: Sequence[CaseResult]) -> str:
-    rows = [
-        "| question | expected route | route | tools | grounding | ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        grounding = "-" if r.grounding is None else f"{r.grounding:.2f}"
-        mark = "" if r.route_ok else " ✗"
-        rows.append(
-            f"| {r.case.question_id} | {r.case.route} | {r.route}{mark} | "
-            f"{', '.join(r.tools) or '-'} | {grounding} | {r.latency_ms:.0f} |"
-        )
-    return "\n".join(rows)
+def results_table(results: Sequence[CaseResult]) -> str:
+    """One row per question, a failed route marked ✗, as Markdown for the run's artifact."""
+    frame = pl.DataFrame(
+        {
+            "question": [r.case.question_id for r in results],
+            "expected route": [r.case.route for r in results],
+            "route": [r.route + ("" if r.route_ok else " ✗") for r in results],
+            "tools": [", ".join(r.tools) or "-" for r in results],
+            "grounding": ["-" if r.grounding is None else f"{r.grounding:.2f}" for r in results],
+            "ms": [f"{r.latency_ms:.0f}" for r in results],
+        }
+    )
+    return markdown_table(frame, width=100)  # a whole tool list (four calls) fits

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster_platform.agents.tools import TOOLS, ToolContext, ToolResult
+from dagster_platform.agents.tools import Tool, ToolContext, ToolResult
+from dagster_platform.agents.tools.data import PROPOSE_KILL, TOP_SPARK_JOBS
+from dagster_platform.agents.tools.guide import SEARCH_INCIDENTS, SEARCH_RUNBOOKS
+from dagster_platform.agents.tools.infra import CLUSTER_UTILISATION, ONTOLOGY_NEIGHBOURS
 from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.ontology.query import NotFound, OntologyQuery
 
@@ -65,14 +68,14 @@ def build_report(ctx: ToolContext, alert: dict[str, Any], propose: bool = True) 
     cluster, host = alert["cluster_id"], alert.get("host_id")
     start = ("host", host) if host else ("cluster", cluster)
     suspects, why_none = _suspects(ctx, *start)
-    calls: list[tuple[str, dict[str, Any]]] = [
-        ("cluster_utilisation", {"cluster_id": cluster}),
-        ("ontology_neighbours", {"object_type": start[0], "key": start[1]}),
-        ("top_spark_jobs", {"n": 5, "cluster_id": cluster}),
-        ("search_incidents", {"query": f"{alert['rule']} {alert['message']}", "k": 3}),
-        ("search_runbooks", {"query": f"{alert['rule']} {alert['message']}", "k": 2}),
+    calls: list[tuple[Tool, dict[str, Any]]] = [
+        (CLUSTER_UTILISATION, {"cluster_id": cluster}),
+        (ONTOLOGY_NEIGHBOURS, {"object_type": start[0], "key": start[1]}),
+        (TOP_SPARK_JOBS, {"n": 5, "cluster_id": cluster}),
+        (SEARCH_INCIDENTS, {"query": f"{alert['rule']} {alert['message']}", "k": 3}),
+        (SEARCH_RUNBOOKS, {"query": f"{alert['rule']} {alert['message']}", "k": 2}),
     ]
-    results = [TOOLS[name].call(ctx, arguments) for name, arguments in calls]
+    results = [tool.call(ctx, arguments) for tool, arguments in calls]
     by_tool = {r.tool: r for r in results}
     report = IncidentReport(alert, "", suspects=suspects, results=results)
 
@@ -83,12 +86,12 @@ def build_report(ctx: ToolContext, alert: dict[str, Any], propose: bool = True) 
             f"alert {alert['alert_id']}: {alert['rule']} on {start[0]} {start[1]} "
             f"({alert['metric']} {alert['value']} > {alert['threshold']}); top suspect"
         )
-        proposal = TOOLS["propose_kill"].call(ctx, {"application_ids": [top], "reason": reason})
+        proposal = PROPOSE_KILL.call(ctx, {"application_ids": [top], "reason": reason})
         results.append(proposal)
         report.proposed_actions = [
             row["action_id"] for row in proposal.rows if row.get("action_id")
         ]
-    report.similar_incidents = by_tool["search_incidents"].subjects
+    report.similar_incidents = by_tool[SEARCH_INCIDENTS.name].subjects
     report.markdown = render(alert, start, suspects, why_none, results, report.proposed_actions)
     return report
 
@@ -121,9 +124,9 @@ def render(
         "",
         f"> {alert['message']}",
         "",
-        *_section("Cluster utilisation", by_tool.get("cluster_utilisation")),
+        *_section("Cluster utilisation", by_tool.get(CLUSTER_UTILISATION.name)),
         "",
-        *_section("Ontology neighbourhood", by_tool.get("ontology_neighbours")),
+        *_section("Ontology neighbourhood", by_tool.get(ONTOLOGY_NEIGHBOURS.name)),
         "",
         "## Suspects (the ontology's root-cause ranking)",
     ]
@@ -135,15 +138,15 @@ def render(
         ]
     else:
         lines.append(f"- none found{': ' + why_none if why_none else ''}")
-    lines += ["", *_section("Top resource users on the cluster", by_tool.get("top_spark_jobs"))]
+    lines += ["", *_section("Top resource users on the cluster", by_tool.get(TOP_SPARK_JOBS.name))]
     lines += ["", "## Similar past incidents and their resolutions"]
-    incidents = by_tool.get("search_incidents")
+    incidents = by_tool.get(SEARCH_INCIDENTS.name)
     if incidents is not None and incidents.ok and incidents.contexts:
         for context in incidents.contexts:
             lines.append(f"- **{context.citation or context.id}**: {context.text[:400].strip()}")
     else:
         lines.append("- none found")
-    lines += ["", *_section("Runbooks", by_tool.get("search_runbooks"))]
+    lines += ["", *_section("Runbooks", by_tool.get(SEARCH_RUNBOOKS.name))]
     lines += ["", "## Proposed actions (awaiting approval)"]
     lines += [f"- `{action_id}`: approve with `dagster-platform actions approve {action_id} "
               "--user USER`" for action_id in proposed] or ["- none"]  # fmt: skip

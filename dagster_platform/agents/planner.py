@@ -18,17 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from dagster_platform.agents.entities import Entities
-from dagster_platform.agents.tools import TOOLS, ToolResult
+from dagster_platform.agents.tools import AGENT_TOOLS, TOOLS, ToolResult, data, guide, infra
 from dagster_platform.llm.base import GenerationConfig, LLMError, Message
 from dagster_platform.llm.client import LLMClient
 
 PlannerKind = Literal["rules", "llm"]
-
-AGENT_TOOLS: dict[str, tuple[str, ...]] = {
-    "infra": ("cluster_utilisation", "find_hosts", "ontology_neighbours"),
-    "data": ("top_spark_jobs", "find_spark_jobs", "spark_job_details", "propose_kill"),
-    "guide": ("search_runbooks", "search_incidents"),
-}
 
 # imperative only: "which jobs were killed" and "종료된 잡" ask about the past, not for a kill
 KILL = re.compile(
@@ -93,7 +87,12 @@ class RulePlanner:
     name = "rules"
 
     def plan(self, turn: Turn) -> list[ToolCall]:
-        return {"infra": self._infra, "data": self._data, "guide": self._guide}[turn.route](turn)
+        rules = {
+            infra.AGENT.route: self._infra,
+            data.AGENT.route: self._data,
+            guide.AGENT.route: self._guide,
+        }
+        return rules[turn.route](turn)
 
     def next_call(self, turn: Turn) -> ToolCall | None:
         done = len(turn.results)
@@ -106,7 +105,9 @@ class RulePlanner:
         cluster = e.clusters[0] if e.clusters else None
         if NEIGHBOURS.search(turn.question) and (e.hosts or e.clusters):
             kind, key = ("host", e.hosts[0]) if e.hosts else ("cluster", e.clusters[0])
-            calls.append(ToolCall("ontology_neighbours", {"object_type": kind, "key": key}))
+            calls.append(
+                ToolCall(infra.ONTOLOGY_NEIGHBOURS.name, {"object_type": kind, "key": key})
+            )
         if (
             e.hosts
             or e.racks
@@ -114,9 +115,11 @@ class RulePlanner:
             or e.threshold_pct is not None
             or (HOST_QUESTION.search(turn.question))
         ):
-            calls.append(ToolCall("find_hosts", _host_arguments(e, cluster)))
+            calls.append(ToolCall(infra.FIND_HOSTS.name, _host_arguments(e, cluster)))
         if not e.hosts:
-            calls.append(ToolCall("cluster_utilisation", _drop_none({"cluster_id": cluster})))
+            calls.append(
+                ToolCall(infra.CLUSTER_UTILISATION.name, _drop_none({"cluster_id": cluster}))
+            )
         return calls
 
     def _data(self, turn: Turn) -> list[ToolCall]:
@@ -124,14 +127,14 @@ class RulePlanner:
         if KILL.search(turn.question):
             return self._kill(turn)
         if len(e.applications) == 1 and not (e.users or e.queues or e.job_names):
-            return [ToolCall("spark_job_details", {"application_id": e.applications[0]})]
+            return [ToolCall(data.SPARK_JOB_DETAILS.name, {"application_id": e.applications[0]})]
         cluster = _cluster(turn)
         filtered = e.users or e.queues or e.job_names or e.states
         by_cpu = e.metric != "memory" and not LONGEST.search(turn.question)
         if RANKING.search(turn.question) and not filtered and by_cpu:
             arguments = {"n": e.top_n or 3, "cluster_id": cluster}
-            return [ToolCall("top_spark_jobs", _drop_none(arguments))]
-        return [ToolCall("find_spark_jobs", _job_arguments(turn, cluster))]
+            return [ToolCall(data.TOP_SPARK_JOBS.name, _drop_none(arguments))]
+        return [ToolCall(data.FIND_SPARK_JOBS.name, _job_arguments(turn, cluster))]
 
     def _kill(self, turn: Turn) -> list[ToolCall]:
         e = turn.entities
@@ -145,13 +148,15 @@ class RulePlanner:
         if not ids:
             return []
         reason = f"operator request in session {turn.session_id}: {turn.question}"[:500]
-        return [ToolCall("propose_kill", {"application_ids": ids, "reason": reason}, note=note)]
+        return [
+            ToolCall(data.PROPOSE_KILL.name, {"application_ids": ids, "reason": reason}, note=note)
+        ]
 
     def _guide(self, turn: Turn) -> list[ToolCall]:
         query = turn.question
         return [
-            ToolCall("search_runbooks", {"query": query, "k": 3}),
-            ToolCall("search_incidents", {"query": query, "k": 3}),
+            ToolCall(guide.SEARCH_RUNBOOKS.name, {"query": query, "k": 3}),
+            ToolCall(guide.SEARCH_INCIDENTS.name, {"query": query, "k": 3}),
         ]
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dagster_platform.agents.classifier import load_routes
 from dagster_platform.agents.tools import (
+    AGENT_TOOLS,
     NO_UTILISATION,
     TOOLS,
     ToolContext,
@@ -190,6 +192,12 @@ def test_every_tool_has_an_openai_function_schema() -> None:
         "minimum": 1,
         "type": "integer",
     }
+
+
+def test_every_route_has_an_agent_and_every_tool_one_agent() -> None:
+    assert set(AGENT_TOOLS) == set(load_routes())
+    declared = [name for names in AGENT_TOOLS.values() for name in names]
+    assert sorted(declared) == sorted(TOOLS)
 
 
 @pytest.mark.parametrize(

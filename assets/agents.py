@@ -19,8 +19,16 @@ from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.agents.incident_report import AlertNotLanded, build_report, read_alert
 from dagster_platform.agents.tools import ToolContext
 from dagster_platform.lib.tracking import log_run
-from dagster_platform.settings import get_settings
-from resources import WAREHOUSE_POOL, LLMResource
+from resources import (
+    WAREHOUSE_POOL,
+    DataFolderResource,
+    KafkaResource,
+    KnowledgeResource,
+    LLMResource,
+    MLflowResource,
+    OntologyResource,
+    StateResource,
+)
 
 GROUP = "agents"
 OWNERS = ["team:ml-platform"]
@@ -47,14 +55,23 @@ class AgentBenchmarkConfig(dg.Config):
     ],
 )
 def agent_benchmark(
-    context: dg.AssetExecutionContext, config: AgentBenchmarkConfig, llm: LLMResource
+    context: dg.AssetExecutionContext,
+    config: AgentBenchmarkConfig,
+    llm: LLMResource,
+    state: StateResource,
+    data_folder: DataFolderResource,
+    ontology: OntologyResource,
+    knowledge: KnowledgeResource,
+    mlflow: MLflowResource,
 ):
     """The golden questions through the router and the agents: routing accuracy, tool-call
     accuracy against the expected tools, grounding (expected facts in the answer and in the
     evidence) and latency, as a table here and a run in the MLflow experiment
     `agent_benchmark`."""
-    settings = get_settings()
-    cases = load_cases(settings.data_dir / "golden_questions.jsonl")
+    settings = state.settings(
+        data_folder=data_folder, ontology=ontology, knowledge=knowledge, mlflow=mlflow
+    )
+    cases = load_cases(data_folder.path / "golden_questions.jsonl")
     if config.questions:
         cases = cases[: config.questions]
     with tempfile.TemporaryDirectory(prefix="agent-benchmark-") as folder:
@@ -69,14 +86,14 @@ def agent_benchmark(
     table = results_table(results)
     served_label = served.label if served else "no LLM"
     run = log_run(
-        settings.resolved_mlflow_tracking_uri,
+        mlflow.uri,
         "agent_benchmark",
         run_name=f"agents {context.run_id[:8]}",
         params={"served": served_label, "questions": len(results)},
         metrics={k: float(v) for k, v in scores.items()},
         texts={"agent_benchmark.md": table},
         tags={"dagster_run_id": context.run_id},
-        artifact_root=settings.state_dir / "mlartifacts",
+        artifact_root=mlflow.artifacts,
     )
     seed_ok = scores["routing_seed_correct"]
     yield dg.MaterializeResult(
@@ -103,16 +120,25 @@ def agent_benchmark(
     partitions_def=ALERT_PARTITIONS,
     deps=["alert_events", "ontology_objects", "document_chunks"],
 )
-def incident_reports(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def incident_reports(
+    context: dg.AssetExecutionContext,
+    state: StateResource,
+    data_folder: DataFolderResource,
+    ontology: OntologyResource,
+    kafka: KafkaResource,
+    knowledge: KnowledgeResource,
+) -> dg.MaterializeResult:
     """A root-cause report per alert: the alert, its ontology neighbourhood, the top resource
     users, similar past incidents with their resolutions, and a kill of the top suspect
     proposed for a person to approve (never executed here). Also written to
     `reports/incidents/ALERT.md` in the state folder."""
     from dagster_platform.knowledge.base import LazyKnowledge
 
-    settings = get_settings()
-    knowledge = LazyKnowledge(settings)
-    tools = ToolContext(settings, actor="incident-reports", retriever_factory=knowledge)
+    settings = state.settings(
+        data_folder=data_folder, ontology=ontology, kafka=kafka, knowledge=knowledge
+    )
+    lazy = LazyKnowledge(settings)
+    tools = ToolContext(settings, actor="incident-reports", retriever_factory=lazy)
     try:
         try:
             alert = read_alert(tools, context.partition_key)
@@ -120,8 +146,8 @@ def incident_reports(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             raise dg.RetryRequested(max_retries=5, seconds_to_wait=15) from exc
         report = build_report(tools, alert)
     finally:
-        knowledge.close()
-    folder = settings.state_dir / "reports" / "incidents"
+        lazy.close()
+    folder = state.path / "reports" / "incidents"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{context.partition_key}.md"
     path.write_text(report.markdown, encoding="utf-8")

@@ -24,9 +24,7 @@ from dagster_platform.knowledge.evaluation import (
     load_golden,
     metrics,
     score_of,
-)
-from dagster_platform.knowledge.evaluation import (
-    markdown_table as scores_table,
+    scores_table,
 )
 from dagster_platform.knowledge.lexical import LexicalIndex
 from dagster_platform.knowledge.retriever import MODES, HybridRetriever

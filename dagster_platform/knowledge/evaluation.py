@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polars as pl
+
 from dagster_platform.knowledge.retriever import Hit, documents_in_order
+from dagster_platform.lib.markdown import markdown_table
 
 KS = (1, 3, 5)
 T = TypeVar("T")
@@ -108,13 +111,14 @@ def evaluate(
     return scores
 
 
-def markdown_table(scores: Sequence[Score]) -> str:
-    header = "| mode | slice | questions | " + " | ".join(f"hit@{k}" for k in KS) + " | MRR |"
-    lines = [header, "|" + "---|" * (len(KS) + 4)]
-    for s in scores:
-        hits = " | ".join(f"{s.hits[k]:.3f}" for k in KS)
-        lines.append(f"| {s.mode} | {s.slice} | {s.questions} | {hits} | {s.mrr:.3f} |")
-    return "\n".join(lines)
+def scores_table(scores: Sequence[Score]) -> str:
+    rows = [
+        {"mode": s.mode, "slice": s.slice, "questions": s.questions}
+        | {f"hit@{k}": f"{s.hits[k]:.3f}" for k in KS}
+        | {"MRR": f"{s.mrr:.3f}"}
+        for s in scores
+    ]
+    return markdown_table(pl.DataFrame(rows))
 
 
 def metrics(scores: Sequence[Score]) -> dict[str, float]:

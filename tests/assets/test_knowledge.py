@@ -22,8 +22,8 @@ from dagster_platform.knowledge.documents import Chunk
 from dagster_platform.knowledge.evaluation import (
     GoldenQuestion,
     evaluate,
-    markdown_table,
     score_of,
+    scores_table,
 )
 from dagster_platform.knowledge.retriever import Hit
 from dagster_platform.settings import Settings
@@ -187,7 +187,7 @@ def test_scores_are_judged_per_document() -> None:
     overall = score_of(scores, "hybrid")
     assert overall.hits == {1: 0.0, 3: 0.5, 5: 0.5} and overall.mrr == 0.25
     assert score_of(scores, "hybrid", "language=ko").mrr == 0.5
-    assert "| hybrid | overall | 2 | 0.000 | 0.500 | 0.500 | 0.250 |" in markdown_table(scores)
+    assert "| hybrid | overall | 2 | 0.000 | 0.500 | 0.500 | 0.250 |" in scores_table(scores)
 
 
 def test_embeddings_follow_new_chunks_not_every_rebuild() -> None:

@@ -29,7 +29,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import duckdb
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
 from limits import parse as parse_limit
@@ -44,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dagster_platform import __version__
 from dagster_platform.agents import interactions
 from dagster_platform.agents.assistant import Assistant, QuestionRejected
+from dagster_platform.deploy.status import broker_status, warehouse_status
 from dagster_platform.finetune.feedback import (
     MAX_ID_CHARS,
     FeedbackPublisher,
@@ -52,7 +52,7 @@ from dagster_platform.finetune.feedback import (
     build_feedback,
 )
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
-from dagster_platform.kafka.topics import KafkaUnavailable, list_topics
+from dagster_platform.kafka.topics import KafkaUnavailable
 from dagster_platform.lib import metrics
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.settings import Settings
@@ -406,7 +406,15 @@ def create_app(
             "version": __version__,
             "serving": _serving(services.assistant),
             "broker": _broker(settings),
-            "warehouse": _warehouse(settings, services.warehouse_lock),
+            "warehouse": warehouse_status(
+                settings.warehouse_path,
+                counts={
+                    "interactions": interactions.TABLE,
+                    "feedback": FEEDBACK_EVENTS.tables[0].table,
+                },
+                lock=services.warehouse_lock,
+                wait_s=WAREHOUSE_WAIT_S,
+            ),
         }
 
     return app
@@ -429,35 +437,8 @@ def _serving(assistant: Assistant | None) -> dict[str, Any]:
 
 
 def _broker(settings: Settings) -> dict[str, Any]:
-    info: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
-    try:
-        topics = list_topics(settings.bootstrap_servers, timeout=3.0)
-    except KafkaUnavailable as exc:
-        return {**info, "reachable": False, "error": str(exc)}
-    return {**info, "reachable": True, "feedback_topic": FEEDBACK_EVENTS.topic in topics}
-
-
-def _warehouse(settings: Settings, lock: threading.Lock) -> dict[str, Any]:
-    path = settings.warehouse_path
-    info: dict[str, Any] = {"path": str(path)}
-    if not path.exists():
-        return {**info, "state": "not created yet"}
-    if not lock.acquire(timeout=WAREHOUSE_WAIT_S):
-        return {**info, "state": "busy answering; counts not read"}
-    try:
-        with duckdb.connect(str(path), read_only=True) as conn:
-            tables = {row[0] for row in conn.execute("SHOW TABLES").fetchall()}
-            counts = {
-                name: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                if table in tables
-                else 0
-                for name, table in (
-                    ("interactions", interactions.TABLE),
-                    ("feedback", FEEDBACK_EVENTS.tables[0].table),
-                )
-            }
-    except duckdb.Error as exc:  # another process holds the write lock
-        return {**info, "state": f"not readable now ({exc})"}
-    finally:
-        lock.release()
-    return {**info, "state": "ready", **counts}
+    """The shared broker report, and whether feedback can be queued (its topic exists)."""
+    info = broker_status(settings)
+    if info["reachable"]:
+        info["feedback_topic"] = FEEDBACK_EVENTS.topic in info["topics"]
+    return info

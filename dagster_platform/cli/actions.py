@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import duckdb
 import typer
 
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.lib.warehouse import open_warehouse
 from dagster_platform.ontology.actions import (
     ActionError,
@@ -38,43 +39,37 @@ actions_app = typer.Typer(
 )
 
 ById = Annotated[str, typer.Option("--by", help="Who does this (a user of the roles file).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
 
 
 @contextmanager
 def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     path = get_settings().warehouse_path
     if not path.is_file():
-        raise _fail(f"no warehouse at {path}: materialize the ingestion assets first")
+        raise fail(f"no warehouse at {path}: materialize the ingestion assets first")
     try:
         with open_warehouse(path) as conn:
             try:
                 yield conn
             except ActionError as exc:
-                raise _fail(str(exc)) from exc
+                raise fail(str(exc)) from exc
     except duckdb.IOException as exc:  # another process kept the write lock
-        raise _fail(f"cannot open the warehouse {path}: {exc}") from exc
+        raise fail(f"cannot open the warehouse {path}: {exc}") from exc
 
 
 def _ontology() -> LoadedOntology:
     try:
         return load_ontology(get_settings().ontology_dir)
     except OntologyError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
 
 
 def _roles(user: str) -> Roles:
     try:
         roles = load_roles(get_settings().roles_file)
     except RolesError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if not roles.knows(user):
-        raise _fail(f"unknown user {user!r} (known: {', '.join(roles.users)})")
+        raise fail(f"unknown user {user!r} (known: {', '.join(roles.users)})")
     return roles
 
 
@@ -83,7 +78,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise _fail(f"--param {pair!r}: write it as name=value")
+            raise fail(f"--param {pair!r}: write it as name=value")
         parsed[name.strip()] = value
     return parsed
 
@@ -105,13 +100,13 @@ def _outcome(action: ActionStatus) -> None:
         if action.retryable
         else ""
     )
-    raise _fail(f"{action.action_id} {action.status}: {action.detail}{hint}")
+    raise fail(f"{action.action_id} {action.status}: {action.detail}{hint}")
 
 
 @actions_app.command("list")
 def list_command(
     status: Annotated[str | None, typer.Option(help="Only actions in this status.")] = None,
-    as_json: AsJson = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Actions as they stand, most recently changed first."""
     with _warehouse() as conn:
@@ -126,7 +121,7 @@ def list_command(
 
 
 @actions_app.command("show")
-def show_command(action_id: str, as_json: AsJson = False) -> None:
+def show_command(action_id: str, as_json: JsonOption = False) -> None:
     """One action and its whole audit trail."""
     with _warehouse() as conn:
         trail = show(conn, action_id)

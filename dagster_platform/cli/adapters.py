@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.llm.registry import AdapterRegistry, AdapterVersion, RegistryError
 from dagster_platform.settings import get_settings
 
@@ -21,13 +22,6 @@ adapters_app = typer.Typer(
     help="Fine-tuned LoRA adapters: list the registered versions, roll the champion back.",
     no_args_is_help=True,
 )
-
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
 
 
 def _registry() -> AdapterRegistry:
@@ -53,13 +47,13 @@ def _version(version: str | None) -> str:
 
 
 @adapters_app.command("list")
-def list_command(as_json: AsJson = False) -> None:
+def list_command(as_json: JsonOption = False) -> None:
     """Registered adapter versions, newest first, with their aliases, dataset and metrics."""
     registry = _registry()
     try:
         versions = registry.versions()
     except Exception as exc:  # MLflow raises many types for an unreadable store
-        raise _fail(f"cannot read the model registry at {registry.tracking_uri}: {exc}") from exc
+        raise fail(f"cannot read the model registry at {registry.tracking_uri}: {exc}") from exc
     if as_json:
         typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
         return
@@ -99,9 +93,9 @@ def rollback_command(
             to_version=to,
         )
     except (RollbackError, RegistryError, LLMError, MlflowException) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if not outcome.ok:
-        raise _fail("; ".join(outcome.reasons))
+        raise fail("; ".join(outcome.reasons))
     typer.secho(
         f"champion is now {_version(outcome.champion_after)}; serving {outcome.served}",
         fg=typer.colors.GREEN,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.settings import get_settings
 
 
@@ -17,7 +18,7 @@ def ask(
         str | None,
         typer.Option("--session", help="Continue a session: follow-ups refer to its last turn."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the interaction as JSON.")] = False,
+    as_json: JsonOption = False,
     planner: Annotated[
         str, typer.Option(help="rules (entity linking) or llm (the model proposes tool calls).")
     ] = "rules",
@@ -29,17 +30,17 @@ def ask(
     from dagster_platform.agents.assistant import Assistant, AssistantConfig, QuestionRejected
 
     if planner not in ("rules", "llm"):
-        raise _fail(f"unknown planner {planner!r}: rules or llm")
+        raise fail(f"unknown planner {planner!r}: rules or llm")
     settings = get_settings()
     if not settings.warehouse_path.exists():
-        raise _fail(f"no warehouse at {settings.warehouse_path}: run `make run` first")
+        raise fail(f"no warehouse at {settings.warehouse_path}: run `make run` first")
     assistant = Assistant.open(
         settings, AssistantConfig(planner=planner, actor="assistant"), use_llm=use_llm
     )
     try:
         answer = assistant.ask(question, session)
     except QuestionRejected as exc:
-        raise _fail(f"{exc} (logged as {exc.interaction_id})", code=2) from None
+        raise fail(f"{exc} (logged as {exc.interaction_id})", code=2) from None
     finally:
         assistant.close()
     record = answer.interaction
@@ -57,8 +58,3 @@ def ask(
     )
     if record.llm_error:
         typer.secho(f"LLM: {record.llm_error}", err=True, fg=typer.colors.YELLOW)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(code)

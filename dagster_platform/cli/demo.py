@@ -17,8 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
+
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.settings import Settings, get_settings
 
@@ -170,6 +173,7 @@ class Demo:
         from dagster_platform.deploy.instance import write_instance_config
         from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 
+        self._check_files()
         origin = get_settings()
         with self._step("fresh state"):
             prepare_state(self.state_dir, origin.models_dir)
@@ -194,6 +198,19 @@ class Demo:
             json.dumps(self.report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8"
         )
         return self.report
+
+    def _check_files(self) -> None:
+        """A wrong --recipe or --gate fails now, naming the file, not ten minutes in."""
+        from dagster_platform.finetune.gate import GateConfig, GateConfigError
+        from dagster_platform.finetune.recipe import Recipe, RecipeError
+
+        try:
+            if self.recipe is not None:
+                Recipe.load(self.recipe)
+            if self.gate is not None:
+                GateConfig.load(self.gate)
+        except (RecipeError, GateConfigError) as exc:
+            raise DemoError(str(exc)) from None
 
     def _loop(self, settings: Settings) -> None:
         import dagster as dg
@@ -234,7 +251,7 @@ class Demo:
     def _incident_reports(self, instance: Any, settings: Settings) -> None:
         import dagster as dg
 
-        from assets.agents import ALERT_PARTITIONS
+        from dagster_platform.definitions import defs
         from dagster_platform.lib.warehouse import open_warehouse, table_exists
 
         with open_warehouse(settings.warehouse_path, read_only=True) as conn:
@@ -246,7 +263,8 @@ class Demo:
                 if table_exists(conn, "alert_events")
                 else []
             )
-        instance.add_dynamic_partitions(ALERT_PARTITIONS.name, alerts)
+        partitions = defs().resolve_assets_def("incident_reports").partitions_def
+        instance.add_dynamic_partitions(partitions.name, alerts)
         for alert in alerts:
             _materialize(instance, dg.AssetSelection.assets("incident_reports"), partition=alert)
         self.echo(f"   incident reports: {len(alerts)}")
@@ -346,13 +364,13 @@ def _materialize(
 ) -> Any:
     import dagster as dg
 
-    import assets
-    import resources
+    from dagster_platform.definitions import defs
 
+    location = defs()  # built in the demo's environment, as Dagster would build it
     result = dg.materialize(
-        list(assets.defs.assets or []),
+        list(location.assets or []),
         selection=selection,
-        resources=resources.defs.resources,
+        resources=location.resources,
         instance=instance,
         run_config=run_config or {},
         partition_key=partition,
@@ -362,3 +380,29 @@ def _materialize(
     if raise_on_error and not result.success:
         raise DemoError(f"run {result.run_id} failed")
     return result
+
+
+def demo(
+    state: Annotated[
+        Path | None,
+        typer.Option(help="A fresh state folder for the demo (default: demo/ in the state)."),
+    ] = None,
+    ticks: Annotated[int, typer.Option(help="Simulator ticks (10 simulated s each).")] = 60,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Training recipe YAML (default data/finetune/recipe.yaml).")
+    ] = None,
+    gate: Annotated[
+        Path | None, typer.Option(help="Promotion gate YAML (default data/finetune/gate.yaml).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The whole loop headless on a fresh state: broker, simulator, every asset, the seed
+    questions, feedback, fine-tune, evaluation, the gate, the questions again, what changed."""
+    target = state or get_settings().state_dir / "demo"
+    try:
+        report = Demo(
+            target, ticks=ticks, recipe=recipe, gate=gate, echo=lambda m: typer.echo(m, err=True)
+        ).run()
+    except DemoError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(json.dumps(report.to_dict(), ensure_ascii=False) if as_json else report.text())

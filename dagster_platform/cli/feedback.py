@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dagster_platform.cli.common import fail
 from dagster_platform.settings import get_settings
 
 
@@ -42,11 +43,11 @@ def feedback(
             user_id=user,
         )
     except InvalidFeedback as exc:
-        raise _fail(str(exc), code=2) from None
+        raise fail(str(exc), code=2) from None
     try:
         FeedbackPublisher(settings.bootstrap_servers, timeout_s=timeout).publish(event)
     except KafkaUnavailable as exc:
-        raise _fail(f"{exc}; nothing was sent (is the broker running?)") from None
+        raise fail(f"{exc}; nothing was sent (is the broker running?)") from None
     typer.echo(event.feedback_id)
 
 
@@ -68,10 +69,5 @@ def serve(
             keys = configured_keys(settings)
         app = create_app(settings, api_keys=keys)
     except ValueError as exc:
-        raise _fail(str(exc), code=2) from None
+        raise fail(str(exc), code=2) from None
     uvicorn.run(app, host=host, port=port)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(code)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.settings import get_settings
 
 knowledge_app = typer.Typer(
@@ -23,7 +24,7 @@ def search(
     mode: Annotated[str, typer.Option(help="hybrid, vector or lexical.")] = "hybrid",
     source: Annotated[str | None, typer.Option(help="runbook, incident or object.")] = None,
     cluster: Annotated[str | None, typer.Option(help="Only chunks of this cluster.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The best chunks for QUERY, with where each comes from (materialize the knowledge group
     first)."""
@@ -32,11 +33,11 @@ def search(
     from dagster_platform.knowledge.retriever import MODES, Filters
 
     if mode not in MODES:
-        raise _fail(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
+        raise fail(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
     try:
         retriever, store = open_knowledge(get_settings())
     except KnowledgeUnavailable as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         hits = retriever.search(query, k, Filters(source=source, cluster_id=cluster), mode)  # type: ignore[arg-type]
     finally:
@@ -52,8 +53,3 @@ def search(
     for rank, hit in enumerate(hits, start=1):
         typer.secho(f"{rank}. {hit.citation()}  (score {hit.score:.4f})", bold=True)
         typer.echo("   " + hit.chunk.text[:300].replace("\n", "\n   "))
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(1)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dagster_platform.cli.common import JsonOption, fail
 from dagster_platform.lib.warehouse import open_warehouse
 from dagster_platform.ontology.graph import Direction
 from dagster_platform.ontology.loader import OntologyError, load_ontology
@@ -24,13 +25,6 @@ ontology_app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(message, err=True, fg=typer.colors.RED)
-    return typer.Exit(1)
-
 
 @contextmanager
 def _query() -> Iterator[OntologyQuery]:
@@ -38,16 +32,16 @@ def _query() -> Iterator[OntologyQuery]:
     try:
         loaded = load_ontology(settings.ontology_dir)
     except OntologyError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if not settings.warehouse_path.exists():
-        raise _fail(f"no warehouse at {settings.warehouse_path}: run the ingestion first")
+        raise fail(f"no warehouse at {settings.warehouse_path}: run the ingestion first")
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
         try:
             yield OntologyQuery(conn, loaded)
         except LookupError as exc:
-            raise _fail(str(exc).strip("'\"")) from None
+            raise fail(str(exc).strip("'\"")) from None
         except ValueError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
 
 
 def _ref(text: str) -> tuple[str, str]:
@@ -75,7 +69,7 @@ def validate(
     try:
         loaded = load_ontology(folder)
     except OntologyError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     o = loaded.ontology
     typer.echo(
         f"{folder}: valid, version {version_of(o)}: {len(o.object_types)} object types, "

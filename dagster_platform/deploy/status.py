@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -13,19 +16,39 @@ from dagster_platform.lib.packaged_models import models_status
 from dagster_platform.settings import Settings
 
 
-def _warehouse(settings: Settings) -> dict[str, Any]:
-    path = settings.warehouse_path
+def warehouse_status(
+    path: Path,
+    counts: Mapping[str, str] | None = None,
+    lock: threading.Lock | None = None,
+    wait_s: float = 5.0,
+) -> dict[str, Any]:
+    """What the warehouse holds: its tables, and for each name in `counts` the rows of that
+    table (0 while it does not exist). With `lock` (a process that also writes the file) it
+    waits at most `wait_s` for it, and says so rather than block."""
+    info: dict[str, Any] = {"path": str(path)}
     if not path.exists():
-        return {"path": str(path), "state": "not created yet (materialize the ingestion group)"}
+        return {**info, "state": "not created yet (materialize the ingestion group)"}
+    if lock is not None and not lock.acquire(timeout=wait_s):
+        return {**info, "state": "busy answering; counts not read"}
     try:
         with duckdb.connect(str(path), read_only=True) as conn:
             tables = [row[0] for row in conn.execute("SHOW TABLES").fetchall()]
+            rows = {
+                name: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if table in tables
+                else 0
+                for name, table in (counts or {}).items()
+            }
     except duckdb.Error as exc:  # another process holds the write lock
-        return {"path": str(path), "state": f"exists; not readable now ({exc})"}
-    return {"path": str(path), "state": "ready", "tables": tables}
+        return {**info, "state": f"exists; not readable now ({exc})"}
+    finally:
+        if lock is not None:
+            lock.release()
+    return {**info, "state": "ready", "tables": tables, **rows}
 
 
-def _broker(settings: Settings) -> dict[str, Any]:
+def broker_status(settings: Settings) -> dict[str, Any]:
+    """Where Kafka clients connect, whether the broker answers, which platform topics exist."""
     info: dict[str, Any] = {
         "mode": "embedded" if settings.embedded_broker else "external",
         "bootstrap_servers": settings.bootstrap_servers,
@@ -52,8 +75,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     return {
         "state_dir": {"path": str(settings.state_dir), "exists": settings.state_dir.is_dir()},
         "data_dir": {"path": str(settings.data_dir), "sources_present": data_files},
-        "warehouse": _warehouse(settings),
-        "broker": _broker(settings),
+        "warehouse": warehouse_status(settings.warehouse_path),
+        "broker": broker_status(settings),
         "models": models_status(settings.models_dir),
         "dagster_home": {
             "path": str(settings.dagster_home),

@@ -76,3 +76,20 @@ def test_demo_refuses_a_folder_it_did_not_make(state_dir: Path, tmp_path: Path) 
     with pytest.raises(DemoError, match="not a demo state folder"):
         Demo(precious, echo=lambda _: None).run()
     assert (precious / "data.txt").read_text() == "not the demo's"
+
+
+@pytest.mark.parametrize("option", ["--gate", "--recipe"])
+def test_a_wrong_gate_or_recipe_file_stops_the_demo_at_once(
+    state_dir: Path, tmp_path: Path, option: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from dagster_platform.cli import app
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("- not a mapping\n", encoding="utf-8")
+    target = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--state", str(target), option, str(broken)])
+    assert result.exit_code == 1
+    assert str(broken) in result.stderr
+    assert not target.exists()  # refused before anything was prepared

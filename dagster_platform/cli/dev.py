@@ -1,0 +1,121 @@
+"""`dagster-platform dev`: the local platform — the embedded broker, the simulator and
+`dagster dev` with its home in the state folder — until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from dagster_platform.cli.broker import embedded_broker
+from dagster_platform.cli.common import fail
+from dagster_platform.kafka.broker import BrokerError
+from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
+from dagster_platform.settings import REPO_ROOT, get_settings
+
+
+def dev(
+    host: Annotated[str, typer.Option(help="Address of the Dagster UI.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI.")] = 3000,
+    produce_events: Annotated[
+        bool,
+        typer.Option(
+            "--produce/--no-produce", help="Run the cluster simulator so events keep flowing."
+        ),
+    ] = True,
+    produce_rate: Annotated[float, typer.Option(help="Simulator ticks per second.")] = 0.5,
+    incident_every: Annotated[
+        float, typer.Option(help="Seconds between simulated cpu-spike incidents.")
+    ] = 600.0,
+) -> None:
+    """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the
+    cluster simulator, and `dagster dev` with DAGSTER_HOME in the state folder."""
+    from dagster_platform.deploy.instance import write_instance_config
+
+    settings = get_settings()
+    home = write_instance_config(settings)
+    broker = embedded_broker(settings, None) if settings.embedded_broker else None
+    try:
+        if broker is not None:
+            pid = broker.start()
+            typer.echo(f"embedded broker on {broker.bootstrap_servers} (pid {pid})")
+        else:
+            ensure_topics(settings.bootstrap_servers)
+    except (BrokerError, KafkaUnavailable) as exc:
+        raise fail(str(exc)) from exc
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "GX_ANALYTICS_ENABLED": "false",
+        "ANONYMIZED_TELEMETRY": "False",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    producer = None
+    if produce_events:
+        producer = _spawn(
+            [sys.executable, "-m", "dagster_platform.cli", "produce", "--rate", str(produce_rate),
+             "--incident-every", str(incident_every)],
+            env,
+        )  # fmt: skip
+    try:
+        code = _run_until_stopped(_spawn(command, env))
+    finally:
+        if producer is not None:
+            _stop(producer, timeout=15)
+        if broker is not None:
+            broker.stop()
+    raise typer.Exit(code)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """A child in its own process group that hears SIGINT even if we were started in the
+    background (a shell then makes its children ignore it)."""
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def _stop(process: subprocess.Popen, timeout: float) -> None:
+    """Ask like Ctrl-C would; kill the whole group if it does not finish in time."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _run_until_stopped(process: subprocess.Popen) -> int:
+    """Wait for `dagster dev`; on Ctrl-C or SIGTERM shut it down gracefully."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        _stop(process, timeout=60)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from dagster_platform.kafka.landing import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGES
+from dagster_platform.kafka.decode import DEFAULT_MAX_MESSAGE_BYTES
+from dagster_platform.kafka.landing import DEFAULT_MAX_MESSAGES
 from dagster_platform.settings import get_settings
 
 

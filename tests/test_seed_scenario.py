@@ -17,8 +17,9 @@ from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import RAW_EVENTS
 from dagster_platform.kafka.landing import land_stream
+from dagster_platform.kafka.publisher import run_producer
 from dagster_platform.kafka.rollups import ROLLUPS, refresh
-from dagster_platform.kafka.simulator import ClusterSimulator, run_producer
+from dagster_platform.kafka.simulator import ClusterSimulator
 from dagster_platform.ontology.actions import approve
 from dagster_platform.ontology.loader import load_ontology
 from dagster_platform.ontology.roles import load_roles

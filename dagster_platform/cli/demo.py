@@ -215,7 +215,8 @@ class Demo:
     def _loop(self, settings: Settings) -> None:
         import dagster as dg
 
-        from dagster_platform.kafka.simulator import ClusterSimulator, run_producer
+        from dagster_platform.kafka.publisher import run_producer
+        from dagster_platform.kafka.simulator import ClusterSimulator
         from dagster_platform.kafka.topics import ensure_topics
 
         instance = dg.DagsterInstance.get()

@@ -31,7 +31,8 @@ def produce(
     """Simulate the sample clusters onto Kafka (host metrics, Spark jobs, incidents, alerts) and
     apply the commands approved on ops-actions; runs until --duration, --ticks or Ctrl-C, then
     prints what it sent as one JSON object."""
-    from dagster_platform.kafka.simulator import ClusterSimulator, run_producer
+    from dagster_platform.kafka.publisher import run_producer
+    from dagster_platform.kafka.simulator import ClusterSimulator
 
     settings = get_settings()
     try:

@@ -1,4 +1,5 @@
-"""A deterministic simulator of the sample clusters that publishes to Kafka.
+"""A deterministic simulator of the sample clusters: the model behind the events it publishes
+(`kafka/publisher.py` sends them to Kafka).
 
 The flagship scenario needs live data: `etl-prod` under a CPU alarm, Spark jobs to inspect and
 kill, and utilisation that visibly drops after an approved kill. The simulator starts from the
@@ -25,29 +26,15 @@ Model:
 from __future__ import annotations
 
 import random
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import polars as pl
-from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
 
 from dagster_platform.kafka.events import (
-    ACTIONS_TOPIC,
     ALERT_EVENTS,
     RAW_EVENTS,
     ActionCommandV1,
@@ -57,15 +44,12 @@ from dagster_platform.kafka.events import (
     SparkJobEventV1,
     encode,
 )
-from dagster_platform.kafka.topics import ensure_topics, list_topics
 from dagster_platform.lib.logs import get_logger
 
 log = get_logger(__name__)
 
 SNAPSHOT_TIME = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # the moment data/sample describes
 INCIDENT_KINDS: tuple[str, ...] = ("cpu-spike", "disk-full")
-SIMULATOR_GROUP = "dagster-platform-simulator"
-
 CPU_ALERT_PCT = 85.0
 CPU_REARM_PCT = 80.0
 DISK_ALERT_PCT = 95.0
@@ -535,171 +519,3 @@ class ClusterSimulator:
             extra={"action_id": command.action_id, "target_id": command.target_id},
         )
         return True
-
-
-# --- publishing ------------------------------------------------------------------------------
-
-
-@dataclass
-class ProduceReport:
-    """What one producer run sent: the console command prints it, tests compare it to Kafka."""
-
-    seed: int
-    ticks: int = 0
-    sent: dict[str, int] = field(default_factory=dict)  # topic → delivered
-    events: dict[str, int] = field(default_factory=dict)  # event type → delivered
-    incidents: list[dict[str, Any]] = field(default_factory=list)
-    actions_applied: int = 0
-    actions_ignored: int = 0
-    actions_invalid: int = 0
-    delivery_failures: int = 0
-    elapsed_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _actions_consumer(bootstrap_servers: str, timeout: float) -> Consumer:
-    """A consumer of ops-actions from the current end, so old commands are not replayed.
-
-    It is assigned concrete offsets, not "end", so a command sent right after the start is not
-    lost to a late offset lookup. Some brokers (the embedded Tansu among them) report a high
-    watermark inside the last record batch, so older commands are also skipped by timestamp.
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": SIMULATOR_GROUP,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "latest",
-        }
-    )
-    metadata = consumer.list_topics(ACTIONS_TOPIC, timeout=timeout)
-    assignment = []
-    for partition in metadata.topics[ACTIONS_TOPIC].partitions:
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(ACTIONS_TOPIC, partition), timeout=timeout
-        )
-        assignment.append(TopicPartition(ACTIONS_TOPIC, partition, high))
-    consumer.assign(assignment)
-    return consumer
-
-
-def _apply_commands(
-    consumer: Consumer, simulator: ClusterSimulator, report: ProduceReport, not_before_ms: int
-) -> None:
-    for message in consumer.consume(num_messages=100, timeout=0):
-        if message.error() is not None:
-            log.warning("ops-actions consumer error", extra={"error": str(message.error())})
-            continue
-        kind, timestamp_ms = message.timestamp()
-        if kind != TIMESTAMP_NOT_AVAILABLE and timestamp_ms < not_before_ms:
-            continue  # sent before this run started: not meant for this simulation
-        try:
-            command = msgspec.json.decode(message.value(), type=ActionCommandV1)
-        except msgspec.DecodeError as exc:  # ValidationError is one
-            report.actions_invalid += 1
-            log.warning(
-                "invalid action command skipped",
-                extra={"offset": message.offset(), "error": str(exc)},
-            )
-            continue
-        if simulator.apply_action(command):
-            report.actions_applied += 1
-        else:
-            report.actions_ignored += 1
-
-
-def _ticks_between(incident_every: float, rate: float, step: timedelta) -> int:
-    """Scheduled incidents are counted in ticks so the stream stays deterministic: every
-    `incident_every` wall seconds at `rate`, or simulated seconds when running flat out."""
-    ticks = incident_every * rate if rate > 0 else incident_every / step.total_seconds()
-    return max(1, round(ticks))
-
-
-def run_producer(
-    bootstrap_servers: str,
-    simulator: ClusterSimulator,
-    *,
-    rate: float = 1.0,
-    duration: float | None = None,
-    ticks: int | None = None,
-    incident: str | None = None,
-    incident_every: float | None = None,
-    cluster: str = "etl-prod",
-    stop: threading.Event | None = None,
-    connect_timeout: float = 5.0,
-) -> ProduceReport:
-    """Publish the simulation until `duration` seconds, `ticks` ticks, `stop` or Ctrl-C.
-
-    `rate` is ticks per wall second (0: as fast as possible). `incident` is injected on
-    `cluster` at the start, and again (or `cpu-spike`) every `incident_every` seconds. Approved
-    commands on ops-actions are applied before each tick. Raises KafkaUnavailable when the
-    broker does not answer, ValueError for a bad option, both before anything is sent.
-    """
-    if rate < 0:
-        raise ValueError(f"rate must be >= 0, got {rate}")
-    scheduled_kind = incident or "cpu-spike"
-    simulator.check_incident(scheduled_kind, cluster)
-    every = _ticks_between(incident_every, rate, simulator.step) if incident_every else None
-    list_topics(bootstrap_servers, timeout=connect_timeout)
-    ensure_topics(bootstrap_servers)
-    report = ProduceReport(seed=simulator.seed)
-    sent: Counter[str] = Counter()
-    events: Counter[str] = Counter()
-
-    def delivered(event_type: str, err: KafkaError | None, message: Message) -> None:
-        if err is not None:
-            report.delivery_failures += 1
-            log.warning("delivery failed", extra={"topic": message.topic(), "error": str(err)})
-        else:
-            sent[message.topic()] += 1
-            events[event_type] += 1
-
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 5})
-    not_before_ms = int(time.time() * 1000)
-    consumer = _actions_consumer(bootstrap_servers, connect_timeout)
-    stop = stop or threading.Event()
-    started = time.monotonic()
-    log.info(
-        "simulator producing",
-        extra={"bootstrap": bootstrap_servers, "seed": simulator.seed, "rate": rate},
-    )
-    try:
-        while not stop.is_set() and (ticks is None or report.ticks < ticks):
-            if duration is not None and time.monotonic() - started >= duration:
-                break
-            n = report.ticks
-            kind = incident if n == 0 else (scheduled_kind if every and n % every == 0 else None)
-            if kind is not None:
-                target = simulator.inject_incident(kind, cluster)
-                report.incidents.append(
-                    {"tick": n, "kind": kind, "cluster": cluster, "target": target}
-                )
-            _apply_commands(consumer, simulator, report, not_before_ms)
-            for out in simulator.tick():
-                _produce(producer, out, partial(delivered, out.event.__struct_config__.tag))
-            report.ticks += 1
-            producer.poll(0)
-            if rate > 0:
-                stop.wait(max(0.0, started + report.ticks / rate - time.monotonic()))
-    except KeyboardInterrupt:
-        log.info("simulator interrupted")
-    finally:
-        report.delivery_failures += producer.flush(30)
-        consumer.close()
-    report.sent = dict(sorted(sent.items()))
-    report.events = dict(sorted(events.items()))
-    report.elapsed_s = round(time.monotonic() - started, 3)
-    log.info("simulator stopped", extra=report.to_dict())
-    return report
-
-
-def _produce(producer: Producer, out: Outgoing, on_delivery: Any) -> None:
-    """Produce, waiting for deliveries when the local queue is full instead of failing."""
-    while True:
-        try:
-            producer.produce(out.topic, out.value, out.key, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.5)

@@ -18,7 +18,6 @@ import pyarrow as pa
 from dagster_platform.kafka.events import STREAM_FAMILIES, EventTable, StreamFamily
 from dagster_platform.lib.warehouse import quote, registered, table_exists
 
-COORDINATES = ("kafka_topic", "kafka_partition", "kafka_offset")
 DEAD_LETTER_TABLE = "dead_letter_events"
 OFFSETS_TABLE = "stream_offsets"
 

@@ -64,6 +64,7 @@ class LandingFigures(Protocol):
     reasons: Mapping[str, int]
     remaining_lag: int
 
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "dagster_platform_"
 ARCHIVE = "archive"

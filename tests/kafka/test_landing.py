@@ -13,6 +13,8 @@ import pytest
 from confluent_kafka import Message, Producer, TopicPartition
 
 from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.consume import RangeFetch, consumer_for, plan_ranges
+from dagster_platform.kafka.decode import Decoder
 from dagster_platform.kafka.events import (
     ALERT_EVENTS,
     RAW_EVENTS,
@@ -22,19 +24,15 @@ from dagster_platform.kafka.events import (
     StreamFamily,
     encode,
 )
-from dagster_platform.kafka.landing import (
-    BackgroundWriter,
-    ConcurrentLanding,
-    Decoder,
-    LandingAborted,
-    RangeFetch,
-    consumer_for,
-    land_stream,
-    plan_ranges,
-    write_batches,
-)
+from dagster_platform.kafka.landing import land_stream
 from dagster_platform.kafka.tables import ensure_tables, read_offsets
 from dagster_platform.kafka.topics import KafkaUnavailable, TopicSpec, ensure_topics
+from dagster_platform.kafka.write import (
+    BackgroundWriter,
+    ConcurrentLanding,
+    LandingAborted,
+    write_batches,
+)
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 

@@ -24,7 +24,8 @@ from dagster_platform.kafka.events import (
     SparkJobEventV1,
     encode,
 )
-from dagster_platform.kafka.simulator import ClusterSimulator, Outgoing, run_producer
+from dagster_platform.kafka.publisher import run_producer
+from dagster_platform.kafka.simulator import ClusterSimulator, Outgoing
 from dagster_platform.kafka.topics import KafkaUnavailable
 from tests.support.state import SAMPLE_DIR
 

@@ -32,13 +32,10 @@ import numpy as np
 import polars as pl
 
 from dagster_platform.agents.interactions import TABLE as INTERACTIONS_TABLE
+from dagster_platform.ingestion.documents import DocumentRejected
+from dagster_platform.ingestion.runbooks import read_runbook, runbook_paths
 from dagster_platform.kafka.events import FEEDBACK_EVENTS
-from dagster_platform.knowledge.documents import (
-    DocumentRejected,
-    chunk_markdown,
-    read_text,
-    split_front_matter,
-)
+from dagster_platform.knowledge.documents import chunk_markdown
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.lib.redaction import find, scrub
 from dagster_platform.lib.warehouse import quote, table_exists
@@ -209,23 +206,22 @@ def runbook_examples(
 ) -> tuple[list[RawExample], Counter[str]]:
     """One pair per runbook section: a question built from the title and the section heading,
     answered by the section's text (its first `max_answer_chars`, cut between paragraphs)."""
-    if not runbooks_dir.is_dir():
-        raise FileNotFoundError(f"runbook folder not found: {runbooks_dir}")
     examples: list[RawExample] = []
     skipped: Counter[str] = Counter()
-    for path in sorted(p for p in runbooks_dir.glob("*.md") if p.is_file()):
+    for path in runbook_paths(runbooks_dir):
         try:
-            meta, body = split_front_matter(read_text(path))
+            runbook = read_runbook(path)
         except DocumentRejected as exc:
             skipped[f"runbook_{exc.reason}"] += 1
             continue
-        title = str(meta.get("title") or "").strip() or None
-        chunks = chunk_markdown(path.stem, body, "runbook", max_answer_chars, title=title)
+        chunks = chunk_markdown(
+            runbook.doc_id, runbook.body, "runbook", max_answer_chars, title=runbook.title
+        )
         if not chunks:
             skipped["runbook_empty"] += 1
             continue
-        title = chunks[0].title
-        language = _language(meta, title)
+        title = runbook.title
+        language = _language(runbook.meta, title)
         templates = _RUNBOOK_QUESTIONS[language]
         for heading, parts in groupby(chunks, key=lambda c: c.heading):
             first, *rest = parts
@@ -233,7 +229,7 @@ def runbook_examples(
             template = templates.get(section.lower() or None, templates["*"])
             answer = first.text[len(heading) :].strip()
             if rest:
-                answer += "\n\n" + _CUT_NOTE[language].format(doc=path.stem)
+                answer += "\n\n" + _CUT_NOTE[language].format(doc=runbook.doc_id)
             question = template.format(title=title, section=section)
             examples.append(RawExample("runbook", question, answer))
     return examples, skipped

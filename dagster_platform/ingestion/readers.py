@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
 
+from dagster_platform.ingestion.documents import DocumentRejected
+from dagster_platform.ingestion.runbooks import read_runbook, runbook_paths
 from dagster_platform.ingestion.sources import SourceSpec
 
 LOCATION = "_location"
@@ -130,32 +131,28 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
     return _rows_to_frame(rows, locations)
 
 
-def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        raise SourceError(path, "line 1: Markdown file does not start with a '---' front matter")
-    try:
-        end = next(i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---")
-    except StopIteration as exc:
-        raise SourceError(path, "front matter is not closed by a '---' line") from exc
-    try:
-        meta = yaml.safe_load("\n".join(lines[1:end])) or {}
-    except yaml.YAMLError as exc:
-        raise SourceError(path, f"front matter is not valid YAML: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise SourceError(path, "front matter is not a mapping")
-    return meta, "\n".join(lines[end + 1 :]).strip()
-
-
 def _read_markdown(folder: Path) -> pl.DataFrame:
+    """One row per runbook, read by the one runbook reader; the first file it refuses fails
+    the source, naming the file."""
     if not folder.is_dir():
         raise SourceError(folder, "folder not found")
-    files = sorted(folder.glob("*.md"))
+    files = runbook_paths(folder)
     if not files:
         raise SourceError(folder, "folder has no .md files")
     rows = []
     for path in files:
-        meta, body = _front_matter(path, _read_text(path))
-        row = {("runbook_id" if k == "id" else k): v for k, v in meta.items()}
-        rows.append({**row, "body": body or None, "file": path.name})
+        try:
+            runbook = read_runbook(path)
+        except DocumentRejected as exc:
+            raise SourceError(path, exc.detail) from exc
+        meta = {k: v for k, v in runbook.meta.items() if k not in ("id", "title")}
+        rows.append(
+            {
+                "runbook_id": runbook.doc_id,
+                "title": runbook.title,
+                **meta,
+                "body": runbook.body.strip() or None,
+                "file": path.name,
+            }
+        )
     return _rows_to_frame(rows, [f"{folder.name}/{p.name}" for p in files])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,13 +22,21 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
-import yaml
 
+from dagster_platform.ingestion.documents import (
+    CODE,
+    MAX_BYTES,
+    DocumentRejected,
+    decode_bytes,
+    scan_lines,
+)
+from dagster_platform.ingestion.documents import Reason as DocumentReason
+from dagster_platform.ingestion.runbooks import read_runbook, runbook_paths
 from dagster_platform.lib.warehouse import quote, table_exists
 from dagster_platform.ontology.build import OBJECTS_TABLE
 
 Source = Literal["runbook", "incident", "object"]
-Reason = Literal["empty", "binary", "undecodable", "too_large", "duplicate", "invalid"]
+Reason = Literal[DocumentReason, "duplicate"]  # a duplicate is readable, but a copy
 
 CHUNKS_TABLE = "document_chunks"
 REJECTIONS_TABLE = "document_rejections"
@@ -37,16 +44,7 @@ MAX_CHARS = 1200
 # An incident is read as one story (symptoms, then root cause, then resolution), so it gets a
 # larger bound than a runbook section and is split only when it is pathologically long.
 MAX_INCIDENT_CHARS = 2 * MAX_CHARS
-MAX_BYTES = 20 * 1024 * 1024
-BINARY_CONTROL_SHARE = 0.1  # text has next to no control bytes; random bytes have ~12 %
 
-_HEADING = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))?[ \t]*$")
-_CLOSING_HASHES = re.compile(r"(?:^|[ \t]+)#+$")
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)$")
-_FRONT_MATTER_END = re.compile(r"^(?:---|\.\.\.)[ \t\r]*$", re.MULTILINE)
-# Bytes that occur in text: tab, line feed, form feed, carriage return, and everything from
-# space up except DEL. What is left after deleting them are control bytes.
-_TEXT_BYTES = bytes([9, 10, 12, 13, *range(32, 127), *range(128, 256)])
 
 
 @dataclass(frozen=True)
@@ -82,47 +80,6 @@ class ChunkSet:
             [c for s in sets for c in s.chunks],
             [r for s in sets for r in s.rejected],
         )
-
-
-class DocumentRejected(Exception):
-    """Why a document cannot be chunked; the chunkers turn it into a `Rejected` row."""
-
-    def __init__(self, reason: Reason, detail: str):
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-
-def decode_bytes(data: bytes) -> str:
-    """Text of `data`: UTF-8 (BOM dropped), else CP949, which older Korean documents are
-    still written in; binary or undecodable content raises rather than yield mojibake."""
-    if b"\0" in data:
-        raise DocumentRejected("binary", "contains NUL bytes")
-    controls = len(data.translate(None, _TEXT_BYTES))
-    if data and controls / len(data) > BINARY_CONTROL_SHARE:
-        raise DocumentRejected("binary", f"{controls} of {len(data)} bytes are control bytes")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as utf8_error:
-        try:
-            text = data.decode("cp949")
-        except UnicodeDecodeError:
-            raise DocumentRejected(
-                "undecodable",
-                f"neither UTF-8 nor CP949 ({utf8_error.reason} at byte {utf8_error.start})",
-            ) from None
-    if not text.strip():
-        raise DocumentRejected("empty", "no text" if not data else "only whitespace")
-    return text
-
-
-def read_text(path: Path, max_bytes: int = MAX_BYTES) -> str:
-    """The text of a document file, or `DocumentRejected` saying why it is not one; the size
-    is checked before reading so a stray dump is never loaded into memory."""
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise DocumentRejected("too_large", f"{size} bytes, the limit is {max_bytes}")
-    return decode_bytes(path.read_bytes())
 
 
 def _chunk_id(doc_id: str, path: tuple[str, ...], occurrence: int, ordinal: int) -> str:
@@ -221,29 +178,6 @@ def _section_chunks(
     return chunks
 
 
-_BODY, _CODE = 0, -1  # line kinds of `_scan` besides heading levels 1-6
-
-
-def _scan(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
-    """(kind, text) per line: the heading level and its text, `_CODE` for a line of fenced
-    code (fences included, so `# comment` in a shell block is no heading), else `_BODY`."""
-    fence: str | None = None
-    for line in lines:
-        marker = _FENCE.match(line)
-        if fence is not None:
-            closing = marker and marker[1][0] == fence[0] and len(marker[1]) >= len(fence)
-            if closing and not marker[2].strip():
-                fence = None
-            yield _CODE, line
-        elif marker and not (marker[1][0] == "`" and "`" in marker[2]):
-            fence = marker[1]
-            yield _CODE, line
-        elif line.lstrip(" ").startswith("#") and (heading := _HEADING.match(line)):
-            yield len(heading[1]), _CLOSING_HASHES.sub("", heading[2] or "").strip()
-        else:
-            yield _BODY, line.rstrip()
-
-
 def _markdown_sections(
     lines: Iterable[str], title: str
 ) -> Iterator[tuple[tuple[str, ...], list[str]]]:
@@ -260,7 +194,7 @@ def _markdown_sections(
                 crumbs.append(text)
         return tuple(crumbs[1:])
 
-    for kind, line in _scan(lines):
+    for kind, line in scan_lines(lines):
         if kind > 0:
             if paragraph:
                 paragraphs.append("\n".join(paragraph))
@@ -270,7 +204,7 @@ def _markdown_sections(
             while stack and stack[-1][0] >= kind:
                 stack.pop()
             stack.append((kind, line))
-        elif kind == _CODE or line:
+        elif kind == CODE or line:
             paragraph.append(line)
         elif paragraph:
             paragraphs.append("\n".join(paragraph))
@@ -298,28 +232,10 @@ def chunk_markdown(
     skipped."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if title is None:
-        first_h1 = next((line for kind, line in _scan(lines) if kind == 1 and line), None)
+        first_h1 = next((line for kind, line in scan_lines(lines) if kind == 1 and line), None)
         title = first_h1 or doc_id
     doc = _Doc(doc_id, source, object_type or source, object_key, cluster_id, title)
     return _section_chunks(doc, _markdown_sections(lines, title), max_chars)
-
-
-def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    """YAML front matter (between `---` lines at the very top) and the Markdown after it."""
-    first = text.partition("\n")[0]
-    if first.rstrip() != "---":
-        return {}, text
-    start = len(first) + 1
-    end = _FRONT_MATTER_END.search(text, start)
-    if end is None:
-        raise DocumentRejected("invalid", "front matter has no closing '---'")
-    try:
-        meta = yaml.safe_load(text[start : end.start()])
-    except yaml.YAMLError as exc:
-        raise DocumentRejected("invalid", f"front matter is not YAML: {exc}") from None
-    if meta is not None and not isinstance(meta, dict):
-        raise DocumentRejected("invalid", "front matter is not a mapping")
-    return meta or {}, text[end.end() :]
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -329,22 +245,20 @@ def _text_or_none(value: Any) -> str | None:
 def chunk_runbooks(
     folder: Path, max_chars: int = MAX_CHARS, max_bytes: int = MAX_BYTES
 ) -> ChunkSet:
-    """Chunks of every `*.md` runbook in `folder` (doc id = file stem); the front matter gives
-    the title and, when a runbook is specific to one cluster, its `cluster_id`."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"runbook folder not found: {folder}")
+    """Chunks of every runbook in `folder`, read by the one runbook reader (doc id = file
+    stem); when a runbook is specific to one cluster, its front matter's `cluster_id`."""
     result = ChunkSet()
-    for path in sorted(p for p in folder.glob("*.md") if p.is_file()):
+    for path in runbook_paths(folder):
         try:
-            meta, body = split_front_matter(read_text(path, max_bytes))
+            runbook = read_runbook(path, max_bytes)
             chunks = chunk_markdown(
-                path.stem,
-                body,
+                runbook.doc_id,
+                runbook.body,
                 "runbook",
                 max_chars,
-                title=_text_or_none(meta.get("title")),
-                object_key=path.stem,
-                cluster_id=_text_or_none(meta.get("cluster_id")),
+                title=runbook.title,
+                object_key=runbook.doc_id,
+                cluster_id=_text_or_none(runbook.meta.get("cluster_id")),
             )
             if not chunks:
                 raise DocumentRejected("empty", "no text besides headings and front matter")

@@ -12,10 +12,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dagster_platform.ingestion.documents import DocumentRejected, read_text
 from dagster_platform.knowledge.documents import (
     Chunk,
     ChunkSet,
-    DocumentRejected,
     Rejected,
     build_chunks,
     chunk_incidents,
@@ -24,7 +24,6 @@ from dagster_platform.knowledge.documents import (
     dedupe,
     describe_objects,
     read_chunks,
-    read_text,
     write_chunks,
 )
 from dagster_platform.ontology.build import build_objects
@@ -229,7 +228,10 @@ def test_a_very_large_document_is_chunked_bounded_and_fast(tmp_path: Path) -> No
 
 def test_a_duplicate_document_is_rejected_naming_the_one_kept(tmp_path: Path) -> None:
     shutil.copyfile(SAMPLE_DIR / "runbooks" / "rb-disk-full.md", tmp_path / "rb-disk-full.md")
-    shutil.copyfile(SAMPLE_DIR / "runbooks" / "rb-disk-full.md", tmp_path / "rb-zz-copy.md")
+    original = (SAMPLE_DIR / "runbooks" / "rb-disk-full.md").read_text(encoding="utf-8")
+    # a copy under another name, without the id that would no longer match its file name
+    copy = original.replace("id: rb-disk-full\n", "")
+    (tmp_path / "rb-zz-copy.md").write_text(copy, encoding="utf-8")
     result = dedupe(chunk_runbooks(tmp_path).chunks)
     assert {c.doc_id for c in result.chunks} == {"rb-disk-full"}
     kept = {c.chunk_id for c in result.chunks}

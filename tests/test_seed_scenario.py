@@ -49,6 +49,8 @@ def _etl_cpu(answer) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.models
+@pytest.mark.kafka
 def test_seed_scenario_with_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = build_frozen_state(live_settings(tmp_path / "src"), tmp_path / "state", embed=False)
     broker = EmbeddedBroker(free_port(), tmp_path / "broker")

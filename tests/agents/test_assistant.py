@@ -83,6 +83,7 @@ def _actions(settings: Settings) -> list[tuple[str, str]]:
         return conn.execute("SELECT action_id, step FROM action_log ORDER BY 1, 2").fetchall()
 
 
+@pytest.mark.models
 def test_the_seed_scenario_in_one_session(frozen: Settings, tiny_llm: Path) -> None:
     assistant = Assistant.open(frozen, llm_config=_llm(tiny_llm, frozen))
     try:
@@ -118,6 +119,7 @@ def test_the_seed_scenario_in_one_session(frozen: Settings, tiny_llm: Path) -> N
     assert logged[1].tool_calls[0]["arguments"]["application_ids"] == killed
 
 
+@pytest.mark.models
 def test_a_follow_up_without_a_previous_turn_proposes_nothing(
     frozen: Settings, tiny_llm: Path
 ) -> None:
@@ -132,6 +134,7 @@ def test_a_follow_up_without_a_previous_turn_proposes_nothing(
 
 
 @pytest.mark.parametrize("question", ["", "   \n", "x" * (MAX_QUESTION_CHARS + 1)])
+@pytest.mark.models
 def test_empty_and_overlong_questions_are_refused_and_logged(
     frozen: Settings, question: str
 ) -> None:
@@ -143,6 +146,7 @@ def test_empty_and_overlong_questions_are_refused_and_logged(
     assert row.status == "rejected" and row.error == str(caught.value)
 
 
+@pytest.mark.models
 def test_instructions_inside_documents_are_quoted_not_obeyed(
     frozen: Settings, tiny_llm: Path
 ) -> None:
@@ -165,6 +169,7 @@ def test_instructions_inside_documents_are_quoted_not_obeyed(
             assert conn.execute("SELECT count(*) FROM action_log").fetchone() == (0,)
 
 
+@pytest.mark.models
 def test_the_llm_down_opens_the_circuit_and_the_answer_still_comes(frozen: Settings) -> None:
     server = FakeVLLMServer(base_model="SmolLM2-135M-Instruct")
     server.start()
@@ -195,6 +200,7 @@ def test_the_llm_down_opens_the_circuit_and_the_answer_still_comes(frozen: Setti
     assert assistant.llm.client.breaker_state == "open"
 
 
+@pytest.mark.models
 def test_the_cli_asks_and_prints_json(frozen: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from dagster_platform.cli import app
 
@@ -220,6 +226,7 @@ def test_summaries_with_invented_numbers_are_caught(summary: str, invented: list
     assert unsupported_numbers(summary, "etl-prod workers: CPU 90.6%") == invented
 
 
+@pytest.mark.models
 def test_an_adapter_that_fails_to_load_is_reported_and_the_base_keeps_serving(
     frozen: Settings, tiny_llm: Path, tmp_path: Path
 ) -> None:

@@ -228,6 +228,7 @@ def test_without_keywords_the_embedding_decides_and_exemplars_are_encoded_once()
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("question", "route"), SEEDS)
+@pytest.mark.models
 def test_seed_questions_route_with_the_embedder(
     embedding_classifier: RouteClassifier, routes: dict[str, RouteSpec], question: str, route: str
 ) -> None:
@@ -244,6 +245,7 @@ def test_seed_questions_route_with_the_embedder(
         ("What went wrong with the namenode last month and what did we do?", "guide"),
     ],
 )
+@pytest.mark.models
 def test_a_question_without_keywords_is_routed_by_the_real_embedding(
     embedding_classifier: RouteClassifier, question: str, route: str
 ) -> None:
@@ -259,6 +261,7 @@ def test_golden_accuracy_with_keywords_only(keyword_classifier: RouteClassifier)
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_golden_accuracy_with_the_packaged_embedder(
     embedding_classifier: RouteClassifier,
 ) -> None:

@@ -100,6 +100,7 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return build_frozen_state(live_settings(root / "live"), root / "frozen", embed=False)
 
 
+@pytest.mark.models
 def test_a_report_names_suspects_incidents_and_proposes_only(frozen: Settings) -> None:
     tools = ToolContext(frozen, actor="incident-reports", retriever_factory=None)
     with pytest.raises(AlertNotLanded, match="has not landed"):

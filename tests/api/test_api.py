@@ -63,6 +63,7 @@ def count(settings: Settings, table: str) -> int:
         {"Authorization": "Bearer "},
     ],
 )
+@pytest.mark.models
 def test_a_missing_or_wrong_key_is_401(client: TestClient, headers: dict[str, str]) -> None:
     for method, path, body in [
         ("GET", "/status", None),
@@ -75,11 +76,13 @@ def test_a_missing_or_wrong_key_is_401(client: TestClient, headers: dict[str, st
         assert "API key is required" in response.json()["detail"]
 
 
+@pytest.mark.models
 def test_a_bearer_token_is_a_key_too(client: TestClient) -> None:
     response = client.get("/status", headers={"Authorization": f"Bearer {KEYS['bob']}"})
     assert response.status_code == 200
 
 
+@pytest.mark.models
 def test_the_rate_limit_is_per_key_and_says_when_to_retry(settings: Settings) -> None:
     app = create_app(settings, assistant_factory=no_llm, api_keys=KEYS, rate_limit="2/minute")
     with TestClient(app) as limited:
@@ -108,6 +111,7 @@ def test_bad_key_settings_are_named_without_the_key(text: str, message: str) -> 
     assert KEYS["alice"] not in str(caught.value) and "tiny9" not in str(caught.value)
 
 
+@pytest.mark.models
 def test_keys_come_from_the_settings(settings: Settings) -> None:
     configured = settings.model_copy(
         update={"api_keys": f"ci:{KEYS['alice']}, ops : {KEYS['bob']}"}
@@ -151,6 +155,7 @@ def test_serve_makes_a_private_key_once_and_the_app_takes_it(
 # --- asking and rating ------------------------------------------------------------------------
 
 
+@pytest.mark.models
 def test_status_before_the_first_question(settings: Settings) -> None:
     app = create_app(settings, assistant_factory=no_llm, api_keys=KEYS)
     with TestClient(app) as fresh:
@@ -164,6 +169,7 @@ def test_status_before_the_first_question(settings: Settings) -> None:
     assert all(key not in response.text for key in KEYS.values())
 
 
+@pytest.mark.models
 def test_ask_then_rate_and_the_rating_lands(client: TestClient, settings: Settings) -> None:
     asked = client.post("/ask", json={"question": QUESTION, "session_id": "api-1"}, headers=ALICE)
     assert asked.status_code == 200, asked.text
@@ -209,6 +215,7 @@ def test_ask_then_rate_and_the_rating_lands(client: TestClient, settings: Settin
     assert status["warehouse"]["feedback"] == count(settings, "feedback_events") >= 1
 
 
+@pytest.mark.models
 def test_a_rejected_question_is_422_and_logged(client: TestClient, settings: Settings) -> None:
     response = client.post("/ask", json={"question": "   "}, headers=ALICE)
     assert response.status_code == 422
@@ -229,12 +236,14 @@ def test_a_rejected_question_is_422_and_logged(client: TestClient, settings: Set
         ({"rating": "up"}, "interaction_id"),
     ],
 )
+@pytest.mark.models
 def test_bad_feedback_is_422(client: TestClient, body: dict, message: str) -> None:
     response = client.post("/ask/feedback", json=body, headers=ALICE)
     assert response.status_code == 422
     assert message in response.text
 
 
+@pytest.mark.models
 def test_feedback_with_the_broker_down_is_503(settings: Settings) -> None:
     down = settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{free_port()}"})
     app = create_app(down, assistant_factory=no_llm, api_keys=KEYS, publish_timeout_s=1)

@@ -19,6 +19,7 @@ MINILM = REPO_ROOT / ".state" / "models" / "all-MiniLM-L6-v2"
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_agent_benchmark_scores_the_golden_questions(
     state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,6 +43,7 @@ def test_agent_benchmark_scores_the_golden_questions(
     assert not live.warehouse_path.exists()  # the benchmark never touched the live state
 
 
+@pytest.mark.models
 def test_an_incident_report_per_alert_partition(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

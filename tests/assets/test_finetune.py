@@ -94,6 +94,7 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
+@pytest.mark.models
 def test_the_loop_trains_evaluates_promotes_and_serves(loop_state: Settings, tmp_path: Path):
     result = _materialize(loop_state, tmp_path, min_examples=5)
     assert result.success
@@ -129,6 +130,7 @@ def test_the_loop_trains_evaluates_promotes_and_serves(loop_state: Settings, tmp
         ]
 
 
+@pytest.mark.models
 def test_too_few_examples_fail_the_check_and_nothing_trains(loop_state: Settings, tmp_path: Path):
     result = _materialize(loop_state, tmp_path, min_examples=100_000)
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}

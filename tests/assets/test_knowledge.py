@@ -38,7 +38,7 @@ from resources.knowledge import KnowledgeResource
 from tests.support.results import checks, materialized, metadata
 from tests.support.state import ONTOLOGY_DIR, SAMPLE_DIR, isolate_environment
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.models]
 
 
 def run(

@@ -29,6 +29,7 @@ def test_ingest_benchmark_paths_agree_on_a_small_topic(
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_knowledge_benchmark_measures_every_figure_on_a_small_run(state_dir) -> None:
     """Every figure of `bench knowledge` is produced (the full run uses 1,000 texts to embed
     and 100,000 chunks in the store)."""

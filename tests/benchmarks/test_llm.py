@@ -26,6 +26,7 @@ def _count(path: Path, sql: str) -> int:
         return conn.execute(sql).fetchall()[0][0]
 
 
+@pytest.mark.models
 def test_a_frozen_state_holds_the_sample_and_is_reused_as_built(
     state_dir: Path, tmp_path: Path
 ) -> None:
@@ -61,6 +62,7 @@ def test_a_frozen_state_holds_the_sample_and_is_reused_as_built(
         build_frozen_state(live, live.state_dir, embed=False)
 
 
+@pytest.mark.models
 def test_a_changed_sample_builds_again(state_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(SAMPLE_DIR, data)
@@ -79,6 +81,7 @@ def test_a_changed_sample_builds_again(state_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_the_llm_benchmark_measures_every_figure_on_a_small_run(
     state_dir: Path, tmp_path: Path
 ) -> None:

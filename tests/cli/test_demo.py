@@ -18,6 +18,7 @@ from tests.support.tiny_models import TINY_RECIPE, build_tiny_llm
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_demo_runs_the_whole_loop(state_dir: Path, tmp_path: Path, monkeypatch) -> None:
     live_settings(state_dir)
     monkeypatch.setenv("BASE_MODEL", str(build_tiny_llm(tmp_path / "tiny")))

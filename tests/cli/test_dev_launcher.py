@@ -50,6 +50,8 @@ def non_empty(path: Path, tables: set[str]) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.models
+@pytest.mark.kafka
 def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
     tmp_path: Path, data_dir: Path
 ) -> None:

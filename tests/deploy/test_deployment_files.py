@@ -558,6 +558,7 @@ def test_dockerignore_keeps_secrets_and_state_out() -> None:
         assert not dockerignored(path), path
 
 
+@pytest.mark.models
 def test_images_bake_the_models_where_the_entrypoint_links_them(
     tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

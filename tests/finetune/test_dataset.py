@@ -180,6 +180,7 @@ def test_a_missing_runbook_folder_is_a_clear_error(warehouse: Warehouse, tmp_pat
         collect_examples(warehouse.conn, tmp_path / "nowhere")
 
 
+@pytest.mark.models
 def test_personal_data_is_scrubbed_and_counted(
     warehouse: Warehouse, runbooks: Path, tokenizer: Any, tmp_path: Path
 ) -> None:
@@ -214,12 +215,14 @@ def test_personal_data_is_scrubbed_and_counted(
     assert manifest["scrubbed"] == dict(sorted(dataset.scrubbed.items()))
 
 
+@pytest.mark.models
 def test_the_check_finds_personal_data_put_back(tokenizer: Any) -> None:
     dataset = build_dataset(examples(3), tokenizer, base_model=BASE)
     dataset.rows[0]["completion"] += " mail ops@example.com"
     assert personal_data_left(dataset) == [(dataset.rows[0]["example_id"], ["email"])]
 
 
+@pytest.mark.models
 def test_duplicates_collapse_and_a_correction_wins(tokenizer: Any) -> None:
     raw = [
         RawExample("runbook", "How do I  restart a NodeManager?", "Run `yarn --daemon start`."),
@@ -237,6 +240,7 @@ def test_duplicates_collapse_and_a_correction_wins(tokenizer: Any) -> None:
     )
 
 
+@pytest.mark.models
 def test_a_question_asked_twice_keeps_the_newest_answer(tokenizer: Any) -> None:
     question = "Which job uses the most CPU on etl-prod?"
     raw = [
@@ -251,6 +255,7 @@ def test_a_question_asked_twice_keeps_the_newest_answer(tokenizer: Any) -> None:
     assert overlapping_splits(dataset) == []
 
 
+@pytest.mark.models
 def test_the_overlap_check_finds_an_example_in_both_splits(tokenizer: Any) -> None:
     dataset = build_dataset(examples(40), tokenizer, base_model=BASE)
     train = next(r for r in dataset.rows if r["split"] == "train")
@@ -261,6 +266,7 @@ def test_the_overlap_check_finds_an_example_in_both_splits(tokenizer: Any) -> No
     assert overlapping_splits(dataset) == sorted([train["example_id"], "f" * 16])
 
 
+@pytest.mark.models
 def test_an_example_keeps_its_split_when_others_are_added(tokenizer: Any) -> None:
     small = build_dataset(examples(30), tokenizer, base_model=BASE)
     large = build_dataset(examples(200), tokenizer, base_model=BASE)
@@ -272,6 +278,7 @@ def test_an_example_keeps_its_split_when_others_are_added(tokenizer: Any) -> Non
     assert 5 <= large.counts()["split"]["eval"] <= 40  # about 10 % of 200
 
 
+@pytest.mark.models
 def test_the_version_changes_with_the_examples_only(tokenizer: Any) -> None:
     raw = examples(10)
     first = build_dataset(raw, tokenizer, base_model=BASE)
@@ -285,6 +292,7 @@ def test_the_version_changes_with_the_examples_only(tokenizer: Any) -> None:
     assert int(first.version, 16) >= 0
 
 
+@pytest.mark.models
 def test_too_few_examples_fail_the_check(tokenizer: Any) -> None:
     few = build_dataset(examples(3), tokenizer, base_model=BASE)
     passed, detail = enough_examples(few, 20)
@@ -303,6 +311,7 @@ def test_too_few_examples_fail_the_check(tokenizer: Any) -> None:
     assert enough_examples(empty, 1)[0] is False
 
 
+@pytest.mark.models
 def test_rows_are_formatted_with_the_chat_template(tokenizer: Any) -> None:
     dataset = build_dataset(examples(5), tokenizer, base_model=BASE)
     for row in dataset.rows:
@@ -335,6 +344,7 @@ def sample_examples(conn: duckdb.DuckDBPyConnection, **kwargs: int) -> list[RawE
     return raw
 
 
+@pytest.mark.models
 def test_runbook_and_ontology_pairs_are_deterministic(
     sample_warehouse: Path, tokenizer: Any
 ) -> None:
@@ -374,6 +384,7 @@ def test_an_unreadable_runbook_is_counted_and_the_rest_kept(
     assert len(raw) == 3
 
 
+@pytest.mark.models
 def test_parquet_and_jsonl_hold_the_same_rows(tokenizer: Any, tmp_path: Path) -> None:
     raw = [
         *examples(40),
@@ -398,6 +409,7 @@ def test_parquet_and_jsonl_hold_the_same_rows(tokenizer: Any, tmp_path: Path) ->
     assert manifest["token_stats"] == dataset.stats
 
 
+@pytest.mark.models
 def test_an_existing_version_is_reused_untouched(tokenizer: Any, tmp_path: Path) -> None:
     dataset = build_dataset(examples(20), tokenizer, base_model=BASE)
     path = write_dataset(dataset, tmp_path)
@@ -407,6 +419,7 @@ def test_an_existing_version_is_reused_untouched(tokenizer: Any, tmp_path: Path)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in path.iterdir()} == before
 
 
+@pytest.mark.models
 def test_a_half_made_version_folder_is_refused_not_replaced(tokenizer: Any, tmp_path: Path) -> None:
     dataset = build_dataset(examples(5), tokenizer, base_model=BASE)
     (tmp_path / dataset.version).mkdir()
@@ -423,6 +436,7 @@ def test_load_split_refuses_bad_input(tmp_path: Path) -> None:
         load_split(tmp_path, "train")
 
 
+@pytest.mark.models
 def test_counts_cover_every_split_and_source(tokenizer: Any) -> None:
     dataset: SFTDataset = build_dataset(examples(4), tokenizer, base_model=BASE)
     counts = dataset.counts()

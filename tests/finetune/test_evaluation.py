@@ -126,6 +126,7 @@ def test_rouge_l_scores_korean_text() -> None:
     assert rouge_l(["unrelated words"], [reference]) == 0.0
 
 
+@pytest.mark.models
 def test_every_candidate_is_scored_reported_and_logged(
     tiny: dict[str, Path], rows: list[dict[str, str]], tmp_path: Path
 ) -> None:
@@ -260,6 +261,7 @@ def _interactions(settings: Settings) -> int:
         return conn.execute("SELECT count(*) FROM interactions").fetchone()[0]
 
 
+@pytest.mark.models
 def test_a_pinned_service_answers_with_its_adapter_whatever_the_registry(
     tiny: dict[str, Path], frozen: Settings
 ) -> None:
@@ -276,6 +278,7 @@ def test_a_pinned_service_answers_with_its_adapter_whatever_the_registry(
     backend.unload_adapter("pinned-v7")
 
 
+@pytest.mark.models
 def test_the_agent_subset_runs_the_assistant_per_candidate(
     tiny: dict[str, Path], rows: list[dict[str, str]], frozen: Settings
 ) -> None:

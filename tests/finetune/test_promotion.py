@@ -319,6 +319,7 @@ def _train_lora(rows: list[dict[str, str]], target: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_the_gate_refuses_an_adapter_trained_on_shuffled_answers(tmp_path: Path) -> None:
     train, held_out = _examples()
     # Rotating by two moves every answer to the next cluster's question (two per cluster).

@@ -370,6 +370,7 @@ def test_the_benchmark_paths_train_the_same_tokens(tiny_llm: str, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_the_benchmark_measures_every_figure_on_a_small_run(tiny_llm: str, state_dir: Path) -> None:
     settings = live_settings(state_dir).model_copy(update={"base_model": tiny_llm})
     figures = finetune_benchmark.run(rounds=1, steps=2, examples=60, settings=settings, demo=False)

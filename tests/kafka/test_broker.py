@@ -44,6 +44,7 @@ def test_produce_and_consume_round_trip(kafka_broker: EmbeddedBroker) -> None:
     assert message.value() == b'{"alert": "cpu"}'
 
 
+@pytest.mark.kafka
 def test_background_start_writes_a_pid_file_and_is_idempotent(tmp_path: Path) -> None:
     broker = EmbeddedBroker(free_port(), tmp_path)
     pid = broker.start()
@@ -58,6 +59,7 @@ def test_background_start_writes_a_pid_file_and_is_idempotent(tmp_path: Path) ->
     assert broker.stop() is False
 
 
+@pytest.mark.kafka
 def test_a_stale_pid_file_is_ignored(tmp_path: Path) -> None:
     broker = EmbeddedBroker(free_port(), tmp_path)
     broker.pid_file.write_text("999999\n")
@@ -65,6 +67,7 @@ def test_a_stale_pid_file_is_ignored(tmp_path: Path) -> None:
     assert not broker.pid_file.exists()
 
 
+@pytest.mark.kafka
 def test_a_port_held_by_an_unmanaged_broker_is_refused(
     kafka_broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -103,6 +106,7 @@ def test_cli_refuses_the_embedded_broker_when_kafka_is_external(
     assert "KAFKA_BOOTSTRAP_SERVERS is set" in result.output
 
 
+@pytest.mark.kafka
 def test_foreground_broker_runs_until_interrupted(tmp_path: Path) -> None:
     import signal
     import subprocess

@@ -107,6 +107,7 @@ def store(tmp_path: Path) -> Iterator[ChunkStore]:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_embedder_returns_unit_float32_vectors(embedder: Embedder) -> None:
     vectors = embedder.encode(
         ["cluster CPU usage is high", "클러스터 CPU 사용률이 높다", "disk full"]
@@ -121,6 +122,7 @@ def test_embedder_returns_unit_float32_vectors(embedder: Embedder) -> None:
     assert Embedder(embedder.model_path).model is embedder.model  # loaded once per process
 
 
+@pytest.mark.models
 def test_default_model_is_the_packaged_one_prepared_in_the_state_folder(state_dir: Path) -> None:
     folder = resolve_embedding_model(None, get_settings().models_dir)
     assert folder == (state_dir / "models" / "all-MiniLM-L6-v2").resolve()
@@ -136,6 +138,7 @@ def test_a_model_that_is_not_there_is_named_and_not_downloaded(tmp_path: Path) -
 
 
 @pytest.mark.skipif(importlib.util.find_spec("optimum") is not None, reason="optimum installed")
+@pytest.mark.models
 def test_onnx_backend_without_optimum_fails_clearly(embedder: Embedder) -> None:
     onnx = Embedder(embedder.model_path, backend="onnx")
     with pytest.raises(EmbeddingModelError, match=r"optimum-onnx.*backend='torch'"):
@@ -143,6 +146,7 @@ def test_onnx_backend_without_optimum_fails_clearly(embedder: Embedder) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_sync_embeds_only_new_and_changed_records(store: ChunkStore, embedder: Embedder) -> None:
     embed = CountingEmbed(embedder)
     first = store.sync(RECORDS, embed, batch_size=5)
@@ -195,6 +199,7 @@ def test_verify_reports_stray_ids_missing_ids_and_wrong_dimension(store: ChunkSt
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_query_ranks_by_cosine_similarity_within_a_source(
     store: ChunkStore, embedder: Embedder
 ) -> None:

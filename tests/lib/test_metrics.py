@@ -181,6 +181,7 @@ def api_settings(tmp_path: Path, kafka_broker: EmbeddedBroker) -> Settings:
     return live.model_copy(update={"kafka_bootstrap_servers": kafka_broker.bootstrap_servers})
 
 
+@pytest.mark.models
 def test_the_api_serves_its_metrics_without_a_key(api_settings: Settings) -> None:
     app = create_app(
         api_settings, assistant_factory=no_llm, api_keys=KEYS, rate_limit="1000/minute"
@@ -221,6 +222,7 @@ def test_the_api_serves_its_metrics_without_a_key(api_settings: Settings) -> Non
         assert secret not in scraped.text
 
 
+@pytest.mark.models
 def test_metrics_are_not_rate_limited_and_refusals_are_counted(api_settings: Settings) -> None:
     app = create_app(api_settings, assistant_factory=no_llm, api_keys=KEYS, rate_limit="1/minute")
     with TestClient(app) as client:

@@ -74,6 +74,7 @@ def test_prepared_llm_is_verified_by_checksum(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_prepared_embedding_model_embeds() -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -86,6 +87,7 @@ def test_prepared_embedding_model_embeds() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.models
 def test_prepared_llm_answers_with_its_chat_template() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -74,3 +74,13 @@ def test_only_the_definitions_import_the_dagster_layer() -> None:
 
 def test_settings_import_no_area() -> None:
     assert _imports(PACKAGE_DIR / "settings.py") == set()
+
+
+def test_no_module_is_over_800_lines() -> None:
+    """Past that a module holds more than one idea: split it along its seams."""
+    long = {
+        str(path.relative_to(PACKAGE_DIR)): lines
+        for path in PACKAGE_DIR.rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 800
+    }
+    assert long == {}

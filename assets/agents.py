@@ -76,7 +76,7 @@ def agent_benchmark(
         cases = cases[: config.questions]
     with tempfile.TemporaryDirectory(prefix="agent-benchmark-") as folder:
         frozen = build_frozen_state(settings, Path(folder) / "state")
-        assistant = Assistant.open(frozen, llm_config=llm.config())
+        assistant = Assistant.open(frozen, llm_config=llm.config(mlflow))
         try:
             served = assistant.llm.refresh() if assistant.llm else None
             results = run_cases(assistant, cases)

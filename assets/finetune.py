@@ -167,6 +167,7 @@ def lora_adapter(
     finetune: FinetuneResource,
     state: StateResource,
     mlflow: MLflowResource,
+    llm: LLMResource,
 ):
     """A LoRA adapter trained on the latest dataset that passed its checks, with the recipe in
     `data/finetune/recipe.yaml` (QLoRA in 4 bits when CUDA is there). Loss and tokens/s go to
@@ -192,7 +193,7 @@ def lora_adapter(
         artifact_root=mlflow.artifacts,
         on_progress=progress,
     )
-    registry = mlflow.registry()
+    registry = mlflow.registry(llm.config().registered_model)
     version = registry.register(
         result.run_id,
         tags={"dataset_version": result.dataset_version, "dagster_run_id": context.run_id},
@@ -224,6 +225,7 @@ def adapter_evaluation(
     finetune: FinetuneResource,
     state: StateResource,
     mlflow: MLflowResource,
+    llm: LLMResource,
     data_folder: DataFolderResource,
     ontology: OntologyResource,
     knowledge: KnowledgeResource,
@@ -239,7 +241,7 @@ def adapter_evaluation(
         data_folder=data_folder, ontology=ontology, knowledge=knowledge, mlflow=mlflow
     )
     gate = finetune.gate()
-    registry = mlflow.registry()
+    registry = mlflow.registry(llm.config().registered_model)
     challenger = _challenger(registry)
     dataset_dir = artifacts.dataset_dir(state.path, challenger.dataset_version)
     cases, frozen = None, None
@@ -288,7 +290,7 @@ def promoted_adapter(
     incumbent's by the configured margin and no guardrail regresses. A promoted adapter is
     served at once; one that fails to load gives the alias back to the previous champion.
     Every decision is a row of the `promotions` table."""
-    registry = mlflow.registry()
+    registry = mlflow.registry(llm.config().registered_model)
     challenger = _challenger(registry)
     report: EvaluationReport = artifacts.load_evaluation(state.path, challenger.version)
     measured = report.get("challenger")
@@ -299,7 +301,7 @@ def promoted_adapter(
         registry,
         decision,
         challenger.version,
-        service=llm.service(),
+        service=llm.service(mlflow),
         conn_factory=warehouse.get_connection,
         actor=f"dagster:{context.run_id}",
         run_id=context.run_id,

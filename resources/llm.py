@@ -14,6 +14,7 @@ from pydantic import Field
 from dagster_platform.llm.client import ResiliencePolicy
 from dagster_platform.llm.service import LLMConfig, LLMService, get_service
 from dagster_platform.settings import get_settings
+from resources.mlflow import MLflowResource
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -31,7 +32,9 @@ class LLMResource(dg.ConfigurableResource):
     timeout_s: float | None = Field(default=None, description="Overrides LLM_TIMEOUT_S.")
     retries: int | None = Field(default=None, description="Overrides LLM_RETRIES.")
 
-    def config(self) -> LLMConfig:
+    def config(self, mlflow: MLflowResource | None = None) -> LLMConfig:
+        """The service's configuration; with `mlflow`, the champion is looked up in that
+        store, the one the fine-tune assets register into."""
         settings = get_settings()
         defaults = LLMConfig.from_settings(settings)
         policy = defaults.policy
@@ -39,7 +42,7 @@ class LLMResource(dg.ConfigurableResource):
             backend=self.backend or defaults.backend,
             base_model=self.base_model or defaults.base_model,
             registered_model=self.registered_model or defaults.registered_model,
-            tracking_uri=defaults.tracking_uri,
+            tracking_uri=mlflow.uri if mlflow is not None else defaults.tracking_uri,
             adapters_dir=defaults.adapters_dir,
             vllm_base_url=self.vllm_base_url or defaults.vllm_base_url,
             vllm_api_key=defaults.vllm_api_key,
@@ -52,5 +55,5 @@ class LLMResource(dg.ConfigurableResource):
             ),
         )
 
-    def service(self) -> LLMService:
-        return get_service(self.config())
+    def service(self, mlflow: MLflowResource | None = None) -> LLMService:
+        return get_service(self.config(mlflow))

@@ -12,14 +12,14 @@ from dagster_platform.settings import get_settings
 
 
 class MLflowResource(dg.ConfigurableResource):
-    """The tracking store (MLFLOW_TRACKING_URI, default SQLite in the state folder), where a
-    local store keeps its artifacts, and the registered model adapters become versions of."""
+    """The tracking store (MLFLOW_TRACKING_URI, default SQLite in the state folder) and where
+    a local store keeps its artifacts. Which registered model adapters become versions of is
+    the LLM's (`LLMResource`), since it serves that model's @champion."""
 
     tracking_uri: str | None = Field(default=None, description="Overrides MLFLOW_TRACKING_URI.")
     artifact_root: str | None = Field(
         default=None, description="Artifacts of new experiments; default mlartifacts/ in state."
     )
-    registered_model: str | None = Field(default=None, description="Overrides REGISTERED_MODEL.")
 
     @property
     def uri(self) -> str:
@@ -31,9 +31,5 @@ class MLflowResource(dg.ConfigurableResource):
             return Path(self.artifact_root)
         return get_settings().state_dir / "mlartifacts"
 
-    @property
-    def model_name(self) -> str:
-        return self.registered_model or get_settings().registered_model
-
-    def registry(self) -> AdapterRegistry:
-        return AdapterRegistry(self.uri, self.model_name)
+    def registry(self, registered_model: str) -> AdapterRegistry:
+        return AdapterRegistry(self.uri, registered_model)

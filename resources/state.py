@@ -48,7 +48,7 @@ class StateResource(dg.ConfigurableResource):
         if kafka is not None and kafka.bootstrap_servers:
             update["kafka_bootstrap_servers"] = kafka.bootstrap_servers
         if mlflow is not None:
-            update |= {"mlflow_tracking_uri": mlflow.uri, "registered_model": mlflow.model_name}
+            update["mlflow_tracking_uri"] = mlflow.uri
         if knowledge is not None:
             update |= {"chroma_host": knowledge.host, "embedding_model": knowledge.model_name}
         return get_settings().model_copy(update=update)

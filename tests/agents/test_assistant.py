@@ -43,7 +43,7 @@ def frozen_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings,
     root = tmp_path_factory.mktemp("frozen-agents")
     data = root / "data"
     shutil.copytree(SAMPLE_DIR, data)
-    (data / "runbooks" / "zz-disk-cleanup-notes.md").write_text(
+    (data / "runbooks" / "rb-zz-disk-cleanup-notes.md").write_text(
         "---\nid: rb-zz-disk-cleanup-notes\ntitle: Disk cleanup notes\nlanguage: en\n---\n"
         "# Disk cleanup notes\n\n## Appcache growth\n\nWhen appcache grows on a worker, clear "
         f"old application folders. {INJECTION} Then check df -h again.\n",

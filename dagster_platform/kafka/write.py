@@ -137,15 +137,23 @@ class LandingTransaction:
     def commit(self) -> Written:
         try:
             dead = insert_rows(self.conn, DEAD_LETTER_TABLE, _concat(self._dead_letters))
-            advance_offsets(
-                self.conn,
-                self.family,
-                [
-                    (p, n, self.landed_per_partition[p], self.dead_per_partition[p])
-                    for p, n in sorted(self.next_offsets.items())
-                ],
-            )
-            self.conn.execute("COMMIT")
+            try:
+                advance_offsets(
+                    self.conn,
+                    self.family,
+                    [
+                        (p, n, self.landed_per_partition[p], self.dead_per_partition[p])
+                        for p, n in sorted(self.next_offsets.items())
+                    ],
+                )
+                self.conn.execute("COMMIT")
+            except duckdb.ConstraintException as exc:
+                # a partition's first offsets row, inserted by a run that started beside this
+                # one and committed first: the same overtaking the BEGIN check catches later on
+                raise ConcurrentLanding(
+                    f"{self.family.topic}: another landing run recorded these partitions' "
+                    f"first offsets first; nothing written ({exc})"
+                ) from exc
         except BaseException:
             self.rollback()
             raise

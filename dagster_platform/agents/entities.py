@@ -49,7 +49,8 @@ _STATES: dict[str, tuple[str, ...]] = {
     "FAILED": (r"\bfail(?:s|ed|ing|ures?)?\b", "실패"),
     "KILLED": (r"\bkilled\b", "죽인", "죽은", "킬된", "kill된", "강제 종료"),
     "FINISHED": (r"\bfinished\b", r"\bsucceeded\b", r"\bcompleted\b", "완료", "성공"),
-    "SUBMITTED": (r"\bsubmitted\b", "제출"),
+    # "who submitted it" asks for a person, not for jobs in the SUBMITTED state
+    "SUBMITTED": (r"(?<!who )\bsubmitted\b(?! (?:it|them|by)\b)", r"(?<!누가 )제출(?!한 사람|자)"),
 }
 _HOST_STATUSES: dict[str, tuple[str, ...]] = {
     "not_healthy": (
@@ -109,6 +110,18 @@ _SUPERLATIVE = re.compile(
     r"oldest)\b|제일|가장",
     re.ASCII,
 )
+# "which jobs use the most memory" asks for a ranking, not for the first of it
+_PLURAL = re.compile(
+    r"\b(?:jobs|applications|apps|hosts|nodes|workers|servers|machines)\b|잡들|앱들|호스트들|노드들",
+    re.ASCII,
+)
+# Names shaped like the inventory's keys that it does not hold: the tool they reach says
+# which names exist, instead of an answer about everything.
+_UNKNOWN_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("hosts", re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*-(?:worker|master|edge|kafka)-?\d+")),
+    ("clusters", re.compile(r"[a-z][a-z0-9]*-(?:prod|prd|stage|staging|stg|dev|test|qa)")),
+    ("jobs", re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")),
+)
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)
 _COMPARATOR_BEFORE = re.compile(
     r"(?:above|over|more than|greater than|exceed(?:s|ing)?|at least|under|below|less than|"
@@ -162,6 +175,9 @@ class Entities:
     since_hours: float | None = None
     roles: list[str] = field(default_factory=list)
     host_status: str | None = None  # not_healthy, degraded or maintenance (find_hosts' status)
+    unknown_clusters: list[str] = field(default_factory=list)  # shaped like a key, not known
+    unknown_hosts: list[str] = field(default_factory=list)
+    unknown_jobs: list[str] = field(default_factory=list)
 
 
 def _found(text: str, patterns: Iterable[str]) -> int | None:
@@ -253,6 +269,7 @@ class EntityLinker:
             for kind in ("clusters", "hosts", "applications", "users", "queues", "names", "racks")
         }
         roles: dict[str, None] = {}
+        unknown: dict[str, dict[str, None]] = {"hosts": {}, "clusters": {}, "jobs": {}}
         leaves: list[list[str]] = []
         for match in _TOKEN.finditer(question):
             token = match.group(0).lower()
@@ -277,6 +294,10 @@ class EntityLinker:
                 leaves.append(self._queue_leaves[token])
             if token in _ROLE_TOKENS:
                 roles[_ROLE_TOKENS[token]] = None
+            if not self._knows(token):
+                shape = next((k for k, p in _UNKNOWN_SHAPES if p.fullmatch(token)), None)
+                if shape is not None:
+                    unknown[shape][match.group(0)] = None
         for word, role in _ROLE_WORDS.items():
             if word in text:
                 roles[role] = None
@@ -299,7 +320,25 @@ class EntityLinker:
             since_hours=_since_hours(text),
             roles=list(roles),
             host_status=statuses[0] if statuses else None,
+            unknown_clusters=list(unknown["clusters"]),
+            unknown_hosts=list(unknown["hosts"]),
+            unknown_jobs=list(unknown["jobs"]),
         )
+
+    def _knows(self, token: str) -> bool:
+        return any(
+            token in known
+            for known in (
+                self._hosts,
+                self._clusters,
+                self._applications,
+                self._users,
+                self._queues,
+                self._job_names,
+                self._racks,
+                self._queue_leaves,
+            )
+        ) or bool(_APPLICATION.fullmatch(token))
 
     def _narrow(self, queues: list[str], clusters: Iterable[str]) -> list[str]:
         """A queue named by its last part ("adhoc 큐"): those of the named clusters, when the
@@ -320,7 +359,7 @@ def _top_n(text: str) -> int | None:
     for pattern in _TOP_N:
         if match := pattern.search(text):
             return _number(match.group(1))
-    return 1 if _SUPERLATIVE.search(text) else None
+    return 1 if _SUPERLATIVE.search(text) and not _PLURAL.search(text) else None
 
 
 def _threshold(text: str) -> float | None:

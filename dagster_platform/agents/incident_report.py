@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster_platform.agents.tools import Tool, ToolContext, ToolResult
-from dagster_platform.agents.tools.data import PROPOSE_KILL, TOP_SPARK_JOBS
+from dagster_platform.agents.tools.data import PROPOSE_KILL, TOP_SPARK_JOBS, approve_command
 from dagster_platform.agents.tools.guide import SEARCH_INCIDENTS, SEARCH_RUNBOOKS
 from dagster_platform.agents.tools.infra import CLUSTER_UTILISATION, ONTOLOGY_NEIGHBOURS
 from dagster_platform.lib.warehouse import open_warehouse, table_exists
@@ -148,6 +148,7 @@ def render(
         lines.append("- none found")
     lines += ["", *_section("Runbooks", by_tool.get(SEARCH_RUNBOOKS.name))]
     lines += ["", "## Proposed actions (awaiting approval)"]
-    lines += [f"- `{action_id}`: approve with `dagster-platform actions approve {action_id} "
-              "--user USER`" for action_id in proposed] or ["- none"]  # fmt: skip
+    lines += [
+        f"- `{action_id}`: approve with `{approve_command(action_id)}`" for action_id in proposed
+    ] or ["- none"]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     subjects JSON,                    -- ids the answer is about, in rank order
     proposed_actions JSON,            -- action ids awaiting approval
     answer VARCHAR,
+    language VARCHAR,                 -- ko | en | other (answered in English)
+    headline VARCHAR,                 -- the first paragraph shown
+    headline_source VARCHAR,          -- composed | model
+    model_headline VARCHAR,           -- what the model wrote, shown or not
+    headline_refused VARCHAR,         -- why the gate refused the model's headline
+    evidence JSON,                    -- the facts the headline was written from
     model VARCHAR,
     adapter VARCHAR,
     adapter_version VARCHAR,
@@ -41,7 +47,23 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 
-JSON_COLUMNS = ("route_detail", "tool_calls", "contexts", "subjects", "proposed_actions")
+JSON_COLUMNS = (
+    "route_detail",
+    "tool_calls",
+    "contexts",
+    "subjects",
+    "proposed_actions",
+    "evidence",
+)
+# columns added after the table first shipped: an older warehouse gains them on first write
+ADDED_COLUMNS = {
+    "language": "VARCHAR",
+    "headline": "VARCHAR",
+    "headline_source": "VARCHAR",
+    "model_headline": "VARCHAR",
+    "headline_refused": "VARCHAR",
+    "evidence": "JSON",
+}
 
 
 @dataclass
@@ -59,6 +81,12 @@ class Interaction:
     subjects: list[str] = field(default_factory=list)
     proposed_actions: list[str] = field(default_factory=list)
     answer: str | None = None
+    language: str | None = None
+    headline: str | None = None
+    headline_source: str | None = None
+    model_headline: str | None = None
+    headline_refused: str | None = None
+    evidence: list[str] = field(default_factory=list)
     model: str | None = None
     adapter: str | None = None
     adapter_version: str | None = None
@@ -75,6 +103,8 @@ class Interaction:
 
 def ensure_table(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(DDL)
+    for column, kind in ADDED_COLUMNS.items():
+        conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def record(conn: duckdb.DuckDBPyConnection, interaction: Interaction) -> None:
@@ -128,3 +158,8 @@ def session_subjects(conn: duckdb.DuckDBPyConnection, session_id: str) -> list[l
     """The subjects of the session's earlier turns, newest first: "of these" refers to the
     latest turn about that kind of object (a guide answer may sit in between)."""
     return [i.subjects for i in read(conn, session_id=session_id, limit=20) if i.subjects]
+
+
+def session_action_ids(conn: duckdb.DuckDBPyConnection, session_id: str) -> list[str]:
+    """The actions the session's turns proposed, newest turn first."""
+    return [a for i in read(conn, session_id=session_id, limit=20) for a in i.proposed_actions]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -38,6 +39,18 @@ LONGEST = re.compile(r"오래|longest|long-running|oldest", re.IGNORECASE)
 NEIGHBOURS = re.compile(
     r"연결|관련된|영향|neighbou?r|connected|depend|impact|linked", re.IGNORECASE
 )
+DROP = re.compile(
+    r"떨어졌|떨어진|내려갔|내려간|줄었|줄어들|낮아졌|감소|\bdrop(?:ped)?\b|\bfell\b|\bfallen\b|"
+    r"\bdecrease[sd]?\b|\bcome down\b|\bgone down\b|\bwent down\b|\blower now\b",
+    re.IGNORECASE,
+)
+# the past or every state: otherwise "jobs" means the running ones
+HISTORY = re.compile(
+    r"\bever\b|\bbefore\b|\bhistory\b|\brecent(?:ly)?\b|\bpast\b|\blast\b|\bprevious\b|"
+    r"\ball states\b|\bany state\b|최근|이전|예전|지난|적 있|이력|결과",
+    re.IGNORECASE,
+)
+AVERAGE = re.compile(r"\baverage\b|\bmean\b|평균", re.IGNORECASE)
 HOST_QUESTION = re.compile(
     r"호스트|노드|워커|서버|랙|host|node|worker|server|rack|어디|which|상태|status|"
     r"healthy|degraded|maintenance|넘는|above|over|under|이상|이하",
@@ -53,6 +66,17 @@ class ToolCall:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class SessionAction:
+    """An action proposed in the session: "did it drop?" compares against when it ran."""
+
+    action_id: str
+    target_key: str
+    status: str
+    at: datetime  # when its status last changed (executed: when the effect ran)
+    cluster_id: str | None = None
+
+
 @dataclass
 class Turn:
     """What a planner knows: the question, its entities, the session, the results so far."""
@@ -64,6 +88,11 @@ class Turn:
     results: list[ToolResult] = field(default_factory=list)
     session_id: str = ""
     known_clusters: frozenset[str] = frozenset()
+    actions: list[SessionAction] = field(default_factory=list)  # the session's, newest first
+
+    def decided_action(self) -> SessionAction | None:
+        """The session's latest approved or executed action."""
+        return next((a for a in self.actions if a.status in ("approved", "executed")), None)
 
     def earlier(self, keep: Callable[[str], bool]) -> list[str]:
         """The latest earlier turn's subjects of one kind, in that turn's order."""
@@ -75,8 +104,12 @@ class Turn:
 
 
 def _cluster(turn: Turn) -> str | None:
+    """The cluster named (or a name shaped like one, for the tool to say it is unknown), else
+    the one the session's earlier turns were about."""
     if turn.entities.clusters:
         return turn.entities.clusters[0]
+    if turn.entities.unknown_clusters:
+        return turn.entities.unknown_clusters[0]
     clusters = turn.earlier(turn.known_clusters.__contains__)
     return clusters[0] if clusters else None
 
@@ -102,24 +135,32 @@ class RulePlanner:
     def _infra(self, turn: Turn) -> list[ToolCall]:
         e = turn.entities
         calls: list[ToolCall] = []
-        cluster = e.clusters[0] if e.clusters else None
-        if NEIGHBOURS.search(turn.question) and (e.hosts or e.clusters):
-            kind, key = ("host", e.hosts[0]) if e.hosts else ("cluster", e.clusters[0])
+        cluster = e.clusters[0] if e.clusters else next(iter(e.unknown_clusters), None)
+        hosts = e.hosts or e.unknown_hosts
+        if NEIGHBOURS.search(turn.question) and (hosts or cluster):
+            kind, key = ("host", hosts[0]) if hosts else ("cluster", cluster)
             calls.append(
                 ToolCall(infra.ONTOLOGY_NEIGHBOURS.name, {"object_type": kind, "key": key})
             )
-        if (
-            e.hosts
+        averaged = AVERAGE.search(turn.question) and not hosts  # a cluster's mean, not a list
+        if not averaged and (
+            hosts
             or e.racks
             or e.roles
             or e.threshold_pct is not None
-            or (HOST_QUESTION.search(turn.question))
+            or (HOST_QUESTION.search(turn.question) and not DROP.search(turn.question))
         ):
             calls.append(ToolCall(infra.FIND_HOSTS.name, _host_arguments(e, cluster)))
-        if not e.hosts:
-            calls.append(
-                ToolCall(infra.CLUSTER_UTILISATION.name, _drop_none({"cluster_id": cluster}))
-            )
+        if not hosts:
+            arguments: dict[str, Any] = {"cluster_id": cluster}
+            action = turn.decided_action()
+            if DROP.search(turn.question):
+                if action is not None:
+                    arguments["compare_with"] = action.at.isoformat()
+                    arguments["cluster_id"] = cluster or action.cluster_id or _cluster(turn)
+                else:
+                    arguments["cluster_id"] = cluster or _cluster(turn)
+            calls.append(ToolCall(infra.CLUSTER_UTILISATION.name, _drop_none(arguments)))
         return calls
 
     def _data(self, turn: Turn) -> list[ToolCall]:
@@ -129,7 +170,7 @@ class RulePlanner:
         if len(e.applications) == 1 and not (e.users or e.queues or e.job_names):
             return [ToolCall(data.SPARK_JOB_DETAILS.name, {"application_id": e.applications[0]})]
         cluster = _cluster(turn)
-        filtered = e.users or e.queues or e.job_names or e.states
+        filtered = e.users or e.queues or e.job_names or e.unknown_jobs or e.states
         by_cpu = e.metric != "memory" and not LONGEST.search(turn.question)
         if RANKING.search(turn.question) and not filtered and by_cpu:
             arguments = {"n": e.top_n or 3, "cluster_id": cluster}
@@ -168,7 +209,9 @@ def _host_arguments(e: Entities, cluster: str | None) -> dict[str, Any]:
     metric = e.metric or "cpu"
     arguments: dict[str, Any] = {
         "cluster_id": cluster,
-        "host_id": e.hosts[0] if len(e.hosts) == 1 else None,
+        "host_id": e.hosts[0]
+        if len(e.hosts) == 1
+        else (e.unknown_hosts[0] if not e.hosts and e.unknown_hosts else None),
         "role": e.roles[0] if e.roles else None,
         "rack": e.racks[0] if e.racks else None,
         "status": e.host_status,
@@ -187,12 +230,17 @@ def _job_arguments(turn: Turn, cluster: str | None) -> dict[str, Any]:
         order_by = "runtime"
     elif e.metric == "memory":
         order_by = "memory"
+    states = e.states or None
+    if states is None and not (
+        e.job_names or e.unknown_jobs or e.since_hours or HISTORY.search(turn.question)
+    ):
+        states = ["RUNNING"]  # "which jobs use the most memory" means the running ones
     arguments: dict[str, Any] = {
         "cluster_id": cluster,
-        "state": e.states or None,
+        "state": states,
         "user": e.users[0] if e.users else None,
         "queue": e.queues[0] if e.queues else None,
-        "name": e.job_names[0] if e.job_names else None,
+        "name": e.job_names[0] if e.job_names else next(iter(e.unknown_jobs), None),
         "driver_host": e.hosts[0] if e.hosts else None,
         "since_hours": e.since_hours,
         "order_by": order_by,

@@ -46,7 +46,6 @@ MAX_CHARS = 1200
 MAX_INCIDENT_CHARS = 2 * MAX_CHARS
 
 
-
 @dataclass(frozen=True)
 class Chunk:
     chunk_id: str

@@ -15,7 +15,6 @@ from dagster_platform.agents.assistant import (
     MAX_QUESTION_CHARS,
     Assistant,
     QuestionRejected,
-    unsupported_numbers,
 )
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.llm.client import ResiliencePolicy
@@ -130,7 +129,7 @@ def test_a_follow_up_without_a_previous_turn_proposes_nothing(
         assistant.close()
     assert answer.interaction.route == "data"
     assert answer.interaction.proposed_actions == []
-    assert "could not tell" in answer.text.lower() or "Could not get" in answer.text
+    assert answer.text.startswith("어떤 잡을 종료할지 알 수 없습니다")  # asks what to kill
 
 
 @pytest.mark.parametrize("question", ["", "   \n", "x" * (MAX_QUESTION_CHARS + 1)])
@@ -216,14 +215,6 @@ def test_the_cli_asks_and_prints_json(frozen: Settings, monkeypatch: pytest.Monk
     assert record["subjects"] and record["status"] == "answered"
     refused = runner.invoke(app, ["ask", "  "])
     assert refused.exit_code == 2 and "empty" in refused.output
-
-
-@pytest.mark.parametrize(
-    ("summary", "invented"),
-    [("etl-prod runs at 90.6% CPU.", []), ("etl-prod runs at 97.2% CPU.", ["97.2"])],
-)
-def test_summaries_with_invented_numbers_are_caught(summary: str, invented: list[str]) -> None:
-    assert unsupported_numbers(summary, "etl-prod workers: CPU 90.6%") == invented
 
 
 @pytest.mark.models

@@ -141,7 +141,17 @@ def test_linking_rules(linker: EntityLinker, question: str, expected: dict[str, 
 
 
 def test_every_field_defaults_to_nothing() -> None:
-    assert EntityLinker().link("etl-prod CPU") == Entities(metric="cpu")
+    assert EntityLinker().link("the cluster's CPU") == Entities(metric="cpu")
+
+
+def test_names_shaped_like_keys_that_nothing_holds_are_kept_as_unknown() -> None:
+    linker = EntityLinker(clusters=["etl-prod"], hosts={"etl-prod-worker-01": "etl-prod"})
+    found = linker.link("Is etl-dev busy? etl-prod-worker-99 and user_feature_backfll too")
+    assert found.clusters == [] and found.hosts == []
+    assert found.unknown_clusters == ["etl-dev"]
+    assert found.unknown_hosts == ["etl-prod-worker-99"]
+    assert found.unknown_jobs == ["user_feature_backfll"]
+    assert linker.link("etl-prod-worker-01 CPU").unknown_hosts == []
 
 
 def test_from_warehouse_reads_streamed_jobs_too(sample_warehouse: Path) -> None:

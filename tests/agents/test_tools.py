@@ -311,7 +311,7 @@ def test_cluster_utilisation_compares_the_latest_minute_with_the_minutes_before(
     context = result.contexts[0]
     assert context.id == "cluster_utilization_1m:etl-prod:2026-11-20T08:59:00+00:00"
     assert context.source == "warehouse" and context.citation == "cluster_utilization_1m"
-    assert result.arguments == {"cluster_id": None, "minutes": 15}
+    assert result.arguments == {"cluster_id": None, "minutes": 15, "compare_with": None}
 
 
 def test_cluster_utilisation_of_one_cluster_and_a_short_window(ctx: ToolContext) -> None:
@@ -337,7 +337,9 @@ def test_a_cluster_that_went_quiet_says_since_when(ctx: ToolContext) -> None:
 
 def test_cluster_utilisation_names_the_clusters_it_knows(ctx: ToolContext) -> None:
     error = failed(call(ctx, "cluster_utilisation", cluster_id="etl-prd"))
-    assert error == "unknown cluster 'etl-prd' (known: analytics-prod, etl-prod, staging)"
+    assert error == (
+        "unknown cluster 'etl-prd' (known: analytics-prod, etl-prod, staging); nearest: etl-prod"
+    )
     with duckdb.connect(str(ctx.settings.warehouse_path)) as conn:
         conn.execute("DELETE FROM hosts WHERE cluster_id = 'analytics-prod'")
     error = failed(call(ctx, "cluster_utilisation", cluster_id="analytics-prod"))
@@ -525,7 +527,8 @@ def test_top_spark_jobs_rank_by_cpu_share_with_the_stream_over_the_inventory(
         "started 2026-11-20 06:03 UTC, active for 2.9 h"
     )
     assert etl.facts[3] == (
-        "14 matching job(s) in all: 564 vcores, 3264 GB memory; etl-prod capacity 576 vcores, "
+        "14 RUNNING Spark jobs on etl-prod in all: 564 vcores, 3264 GB memory; "
+        "etl-prod capacity 576 vcores, "
         "4608 GB memory (97.9% of the vcores and 70.8% of the memory held)"
     )
     assert etl.arguments == {"n": 3, "cluster_id": "etl-prod", "state": "RUNNING"}
@@ -600,7 +603,8 @@ def test_find_spark_jobs_sums_what_the_matches_hold(bare: ToolContext) -> None:
     assert result.subjects[:2] == [APP.format("0488"), APP.format("0492")]
     assert len(result.subjects) == 10
     assert result.facts[10:] == [
-        "14 matching job(s) in all: 564 vcores, 3264 GB memory; etl-prod capacity 576 vcores, "
+        "14 RUNNING Spark jobs on etl-prod in all: 564 vcores, 3264 GB memory; "
+        "etl-prod capacity 576 vcores, "
         "4608 GB memory (97.9% of the vcores and 70.8% of the memory held)",
         "queue root.etl.backfill: 5 job(s), 268 vcores, 1512 GB memory",
         "queue root.etl.daily: 3 job(s), 132 vcores, 1008 GB memory",

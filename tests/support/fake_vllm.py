@@ -4,8 +4,9 @@ It answers over real HTTP with the request and response shapes vLLM documents fo
 ``vllm serve`` (``/health``, ``/v1/models``, ``/v1/chat/completions`` with
 ``structured_outputs``, and the runtime LoRA routes enabled by
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``), so the vllm-server backend can be tested without a GPU.
-Answers are deterministic; faults (HTTP 500, slow answers, a stopped server) are injected on
-demand and every request is recorded for assertions.
+Answers are deterministic; faults (HTTP 500, slow answers, a stopped server, a model whose text
+is empty, echoes the question or invents an id: `reply`) are injected on demand and every
+request is recorded for assertions. The real server cannot be made to show these on demand.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class FakeVLLMServer:
         self.lora_updating = lora_updating
         self.loras: dict[str, str] = {}
         self.delay_s = 0.0
+        self.reply: str | None = None  # every chat answer, when set: a model misbehaving
         self._fail_next = 0
         self._fail_status = 500
         self._requests: list[RecordedRequest] = []
@@ -257,7 +259,7 @@ class FakeVLLMServer:
             text = json.dumps(_sample(json.loads(schema) if isinstance(schema, str) else schema))
         else:
             who = f"adapter {model} on {self.base_model}" if is_lora else self.base_model
-            text = f"[{who}] reply to: {last_user}"
+            text = self.reply if self.reply is not None else f"[{who}] reply to: {last_user}"
             for stop in body.get("stop") or []:
                 if stop in text:
                     text = text[: text.index(stop)]

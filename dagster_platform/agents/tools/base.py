@@ -11,6 +11,7 @@ helpers are the tools package's own; nothing outside it imports them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import time
@@ -57,6 +58,7 @@ class ToolResult:
     contexts: list[Context]
     subjects: list[str]
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # aggregates an answer's headline uses
 
     @classmethod
     def failure(cls, tool: str, arguments: dict[str, Any], error: str) -> ToolResult:
@@ -75,21 +77,42 @@ class Findings:
     rows: Sequence[Mapping[str, Any]] = ()
     contexts: list[Context] = field(default_factory=list)
     subjects: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class ToolFailure(Exception):
     """A tool cannot answer; the message says why and what would help (the model reads it).
-    `facts` and `rows` keep what it learned on the way (each job a kill was refused for)."""
+    `facts` and `rows` keep what it learned on the way (each job a kill was refused for);
+    `details` what an answer's headline needs (the unknown name and the nearest known ones)."""
 
     def __init__(
         self,
         message: str,
         facts: Sequence[str] = (),
         rows: Sequence[Mapping[str, Any]] = (),
+        details: Mapping[str, Any] | None = None,
     ):
         super().__init__(message)
         self.facts = list(facts)
         self.rows = list(rows)
+        self.details = dict(details or {})
+
+
+def nearest(value: str, known: Sequence[str], most: int = 3) -> list[str]:
+    """The known names closest in spelling to a name that is not known, closest first."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(value.lower(), list(by_lower), n=most, cutoff=0.5)
+    return [by_lower[c] for c in close]
+
+
+def unknown_name(what: str, value: str, known: Sequence[str], extra: str = "") -> ToolFailure:
+    """The failure for a name nothing holds: the known names, the nearest first."""
+    close = nearest(value, known)
+    hint = f"; nearest: {', '.join(close)}" if close else ""
+    return ToolFailure(
+        f"unknown {what} {value!r} (known: {_listing(sorted(known))}{extra}){hint}",
+        details={"unknown": {"kind": what, "value": value, "nearest": close}},
+    )
 
 
 @dataclass
@@ -165,7 +188,9 @@ class Tool:
             found = self.run(ctx, parsed)
         except ToolFailure as exc:
             failed = ToolResult.failure(self.name, arguments, str(exc))
-            result = replace(failed, facts=exc.facts, rows=_plain(exc.rows))
+            result = replace(
+                failed, facts=exc.facts, rows=_plain(exc.rows), details=_plain(exc.details)
+            )
         except duckdb.CatalogException as exc:
             first = str(exc).splitlines()[0]
             reason = f"a table is missing from the warehouse (run the ingestion first): {first}"
@@ -184,6 +209,7 @@ class Tool:
                 [_plain(row) for row in found.rows],
                 found.contexts,
                 found.subjects,
+                details=_plain(found.details),
             )
         log.info(
             "tool call",

@@ -23,7 +23,6 @@ from dagster_platform.agents.tools.base import (
     ToolFailure,
     _Arguments,
     _capacity,
-    _listing,
     _minute,
     _num,
     _pct,
@@ -32,6 +31,7 @@ from dagster_platform.agents.tools.base import (
     _round,
     _rows,
     _text_filter,
+    unknown_name,
 )
 from dagster_platform.lib.warehouse import key_values, open_warehouse, quote
 from dagster_platform.ontology.actions import ActionError, list_actions, propose
@@ -39,6 +39,13 @@ from dagster_platform.ontology.build import typed_select
 from dagster_platform.ontology.objects import read_object, with_functions
 
 KILL_ACTION = "kill_spark_job"
+
+
+def approve_command(action_id: str = "ACTION_ID", by: str = "USER") -> str:
+    """The command a person runs to approve a proposal (a test parses it against the CLI)."""
+    return f"dagster-platform actions approve {action_id} --by {by}"
+
+
 MAX_QUEUES = 10  # per-queue totals shown with a job search
 MAX_HELD_QUEUES, MAX_HOLDERS = 3, 3  # the running jobs shown for the queues that jobs wait in
 WAITING = ("SUBMITTED", "ACCEPTED")
@@ -202,7 +209,9 @@ def find_spark_jobs(ctx: ToolContext, args: FindSparkJobsArgs) -> Findings:
         )
         if not found:
             _check_job_filters(conn, view, args)
-            return Findings(f"no {_jobs_scope(args)}")
+            (as_of,) = conn.execute(f"SELECT max(as_of) FROM ({view})").fetchone()
+            details = {"matching": 0, "scope": _jobs_scope(args), "as_of": _plain(as_of)}
+            return Findings(f"no {_jobs_scope(args)}", details=details)
         queues = _rows(
             conn.execute(
                 f"SELECT queue, count(*) AS jobs, sum(vcores) AS vcores, "
@@ -212,7 +221,7 @@ def find_spark_jobs(ctx: ToolContext, args: FindSparkJobsArgs) -> Findings:
             )
         )
         capacity = _capacity(conn).get(args.cluster_id or "", {})
-        holders = _queue_holders(conn, view, found)
+        holders, held = _queue_holders(conn, view, found)
     rows = [
         {k: v for k, v in r.items() if k != "matching"}
         | {"runtime_hours": _round(r["runtime_hours"])}
@@ -226,15 +235,17 @@ def find_spark_jobs(ctx: ToolContext, args: FindSparkJobsArgs) -> Findings:
         Context(f"spark_job:{r['application_id']}", "warehouse", _job_fact(r), "spark_job")
         for r in found
     ]
-    facts += _job_totals(args, found[0]["matching"], queues, capacity)
+    totals, details = _job_totals(args, found[0]["matching"], queues, capacity)
+    facts += totals
     facts += holders
+    details |= {"order_by": args.order_by, "as_of": _plain(found[0]["as_of"]), "held": held}
     if args.since_hours is not None or args.order_by == "runtime":
         facts.append(
             f"times count back from the newest job time in the data, {_minute(found[0]['as_of'])}"
         )
     summary = f"top {len(found)} of {found[0]['matching']} {_jobs_scope(args)} {order_text}"
     subjects = [r["application_id"] for r in found]
-    return Findings(summary, facts, rows, contexts, subjects)
+    return Findings(summary, facts, rows, contexts, subjects, details)
 
 
 def _job_totals(
@@ -242,18 +253,38 @@ def _job_totals(
     matching: int,
     queues: Sequence[Mapping[str, Any]],
     capacity: Mapping[str, Any],
-) -> list[str]:
-    """What the matching jobs hold in all and per queue, against the cluster's capacity."""
+) -> tuple[list[str], dict[str, Any]]:
+    """What the matching jobs hold in all and per queue, against the cluster's capacity; the
+    total names its scope (states, cluster, filters) so that no sum reads as the cluster's."""
     vcores = sum(q["vcores"] or 0 for q in queues)
     memory = sum(q["memory_gb"] or 0.0 for q in queues)
-    total = f"{matching} matching job(s) in all: {vcores} vcores, {_num(memory)} GB memory"
+    totals: dict[str, Any] = {
+        "matching": matching,
+        "vcores": vcores,
+        "memory_gb": round(memory, 1),
+        "scope": _jobs_scope(args),
+        "capacity_vcores": capacity.get("total_vcores"),
+        "capacity_memory_gb": capacity.get("total_memory_gb"),
+        "queues": [
+            {
+                "queue": q["queue"],
+                "jobs": q["jobs"],
+                "vcores": q["vcores"] or 0,
+                "memory_gb": _round(q["memory_gb"] or 0.0),
+            }
+            for q in queues[:MAX_QUEUES]
+        ],
+    }
+    total = f"{matching} {_jobs_scope(args)} in all: {vcores} vcores, {_num(memory)} GB memory"
     if capacity.get("total_vcores") and capacity.get("total_memory_gb"):
         cap_vcores, cap_memory = capacity["total_vcores"], capacity["total_memory_gb"]
         total += f"; {args.cluster_id} capacity {cap_vcores} vcores, {_num(cap_memory)} GB memory"
         if args.state == ["RUNNING"]:
+            totals["vcores_pct"] = round(vcores / cap_vcores * 100, 1)
+            totals["memory_pct"] = round(memory / cap_memory * 100, 1)
             total += (
-                f" ({vcores / cap_vcores * 100:.1f}% of the vcores and "
-                f"{memory / cap_memory * 100:.1f}% of the memory held)"
+                f" ({totals['vcores_pct']:.1f}% of the vcores and "
+                f"{totals['memory_pct']:.1f}% of the memory held)"
             )
     facts = [total]
     facts += [
@@ -261,21 +292,21 @@ def _job_totals(
         f"{_num(q['memory_gb'] or 0.0)} GB memory"
         for q in queues[:MAX_QUEUES]
     ]
-    return facts
+    return facts, totals
 
 
 def _queue_holders(
     conn: duckdb.DuckDBPyConnection, view: str, found: Sequence[Mapping[str, Any]]
-) -> list[str]:
+) -> tuple[list[str], list[dict[str, Any]]]:
     """For jobs waiting for resources, what runs in their queue: the answer to "why hasn't it
-    started", from the same view."""
+    started", from the same view; as facts and as rows (queue, cluster, the holders)."""
     waiting: dict[tuple[str, str], int] = {}
     for r in found:
         if r["state"] in WAITING and r["cluster_id"] and r["queue"]:
             key = (r["cluster_id"], r["queue"])
             waiting[key] = waiting.get(key, 0) + 1
     if not waiting:
-        return []
+        return [], []
     running = _rows(
         conn.execute(
             f"SELECT * FROM ({view}) WHERE state = 'RUNNING' "
@@ -284,9 +315,21 @@ def _queue_holders(
             {"keys": [f"{c} {q}" for c, q in waiting]},
         )
     )
-    facts = []
+    facts, structured = [], []
     for (cluster, queue), count in list(waiting.items())[:MAX_HELD_QUEUES]:
         held = [r for r in running if (r["cluster_id"], r["queue"]) == (cluster, queue)]
+        structured.append(
+            {
+                "cluster_id": cluster,
+                "queue": queue,
+                "waiting": count,
+                "holders": [
+                    {k: r[k] for k in ("application_id", "name", "user", "vcores", "memory_gb")}
+                    for r in held[:MAX_HOLDERS]
+                ],
+                "held_by": len(held),
+            }
+        )
         where = f"queue {queue} on {cluster}, where {count} shown job(s) wait,"
         if not held:
             facts.append(f"{where} has no RUNNING job: the wait is for the cluster's capacity")
@@ -298,7 +341,7 @@ def _queue_holders(
         )
         more = f" and {len(held) - MAX_HOLDERS} more" if len(held) > MAX_HOLDERS else ""
         facts.append(f"{where} is held by {len(held)} RUNNING job(s): {jobs}{more}")
-    return facts
+    return facts, structured
 
 
 def _check_job_filters(conn: duckdb.DuckDBPyConnection, view: str, args: FindSparkJobsArgs) -> None:
@@ -328,7 +371,11 @@ def _check_job_filters(conn: duckdb.DuckDBPyConnection, view: str, args: FindSpa
         if value.lower() not in names:
             if column == "application_id":
                 raise ToolFailure(f"no Spark application {value!r} in the job inventory or stream")
-            raise ToolFailure(f"unknown {what} {value!r} (known: {_listing(sorted(known))})")
+            raise unknown_name(what, value, sorted(known))
+    if args.name is not None:
+        names = [r[0] for r in conn.execute(f"SELECT DISTINCT name FROM ({view})").fetchall()]
+        if not any(args.name.lower() in (n or "").lower() for n in names):
+            raise unknown_name("job name", args.name, sorted(n for n in names if n))
 
 
 FIND_SPARK_JOBS = Tool(
@@ -499,13 +546,13 @@ def propose_kill(ctx: ToolContext, args: ProposeKillArgs) -> Findings:
         error = "no kill could be proposed: " + "; ".join(
             f"{r['application_id']}: {r['detail']}" for r in rows
         )
-        raise ToolFailure(error, facts, rows)
+        raise ToolFailure(error, facts, rows, {"approver_role": role})
     summary = (
         f"{len(waiting)} kill(s) awaiting approval by role {role}; nothing is killed until "
         "then" + (f"; {refused} could not be proposed" if refused else "")
     )
     subjects = [r["application_id"] for r in waiting]
-    return Findings(summary, facts, rows, [], subjects)
+    return Findings(summary, facts, rows, [], subjects, {"approver_role": role})
 
 
 PROPOSE_KILL = Tool(

@@ -15,7 +15,97 @@ from dagster_platform.agents.tools.base import (
     ToolContext,
     _Arguments,
 )
-from dagster_platform.knowledge.retriever import Filters, documents_in_order
+from dagster_platform.knowledge.retriever import Filters, Hit, documents_in_order
+from dagster_platform.knowledge.tokens import tokenize
+
+# Words every question has: a hit that shares only these with the question matches nothing
+# ("what is the weather like" shares "what is the" with half the runbooks).
+_FILLER = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "before",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "keep",
+        "keeps",
+        "like",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "out",
+        "should",
+        "so",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "up",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "어떻",
+        "떻게",
+        "해야",
+        "야되",
+        "해줘",
+        "알려",
+        "려줘",
+        "있어",
+        "뭐야",
+        "하나",
+        "되나",
+        "해요",
+        "돼요",
+    }
+)
 
 
 class SearchArgs(_Arguments):
@@ -25,8 +115,17 @@ class SearchArgs(_Arguments):
     k: int = Field(3, ge=1, le=10, description="How many passages.")
 
 
+def _shares_a_term(query: str, hits: list[Hit]) -> bool:
+    """Whether any hit has a word of the question beyond the filler: ranked lists always have
+    a first entry, so a question about nothing the documents cover must be told apart."""
+    terms = {t for t in tokenize(query) if t not in _FILLER and len(t) > 1}
+    return any(terms & set(tokenize(h.chunk.text)) for h in hits)
+
+
 def _search(ctx: ToolContext, args: SearchArgs, source: str) -> Findings:
     hits = ctx.retriever().search(args.query, args.k, Filters(source=source))
+    if not _shares_a_term(args.query, hits):
+        hits = []
     rows = [
         {
             "chunk_id": h.chunk.chunk_id,

@@ -8,6 +8,7 @@ system are answered by the same tools.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,6 @@ from dagster_platform.agents.tools.base import (
     ToolFailure,
     _Arguments,
     _capacity,
-    _listing,
     _minute,
     _num,
     _pct,
@@ -33,6 +33,7 @@ from dagster_platform.agents.tools.base import (
     _round,
     _rows,
     _text_filter,
+    unknown_name,
 )
 from dagster_platform.lib.warehouse import key_values, table_exists
 from dagster_platform.ontology.build import typed_select
@@ -96,6 +97,17 @@ _EXTREMES_SQL = (
     "list(host_id || ' (' || status || ')' ORDER BY host_id) "
     "FILTER (WHERE lower(status) <> 'healthy') AS not_healthy "
     "FROM ({hosts}) WHERE cluster_id IS NOT NULL GROUP BY cluster_id"
+)
+# The last minute at or before a moment (when an action ran), all hosts and workers.
+_BEFORE_SQL = (
+    "WITH moment AS (SELECT cluster_id, max(bucket) AS bucket FROM cluster_utilization_1m "
+    "WHERE bucket <= $before AND ($cluster IS NULL OR cluster_id = $cluster) "
+    "GROUP BY cluster_id) "
+    "SELECT moment.cluster_id, moment.bucket, c.cpu_avg, c.memory_avg, "
+    "(SELECT avg(u.cpu_avg) FROM host_utilization_1m u JOIN hosts h ON h.host_id = u.host_id "
+    "AND h.role = 'worker' WHERE u.cluster_id = moment.cluster_id AND u.bucket = moment.bucket) "
+    "FROM moment JOIN cluster_utilization_1m c ON c.cluster_id = moment.cluster_id "
+    "AND c.bucket = moment.bucket"
 )
 NO_UTILISATION = (
     "no utilisation data: no metrics have landed and the host inventory is empty "
@@ -174,6 +186,11 @@ class ClusterUtilisationArgs(_Arguments):
         le=1440,
         description="Length of the window before the latest minute to compare it with.",
     )
+    compare_with: datetime | None = Field(
+        None,
+        description="Also report each cluster's figures at the last minute at or before this "
+        "time (ISO 8601), e.g. when an action ran: 'did it drop after the kill?'.",
+    )
 
 
 def cluster_utilisation(ctx: ToolContext, args: ClusterUtilisationArgs) -> Findings:
@@ -193,6 +210,10 @@ def cluster_utilisation(ctx: ToolContext, args: ClusterUtilisationArgs) -> Findi
                 cid: (cpu, memory, before)
                 for cid, cpu, memory, before in conn.execute(_WORKERS_SQL, params).fetchall()
             }
+        before: dict[str, tuple[Any, ...]] = {}
+        if live and args.compare_with is not None and table_exists(conn, "hosts"):
+            at = {"cluster": args.cluster_id, "before": args.compare_with}
+            before = {r[0]: r for r in conn.execute(_BEFORE_SQL, at).fetchall()}
         hosts = _inventory_hosts(ctx)
         snapshot = {
             r["cluster_id"]: r for r in _rows(conn.execute(_SNAPSHOT_SQL.format(hosts=hosts)))
@@ -207,8 +228,7 @@ def cluster_utilisation(ctx: ToolContext, args: ClusterUtilisationArgs) -> Findi
                 key_values(conn, "cluster_utilization_1m", "cluster_id") or set()
             )
             if args.cluster_id not in set(capacity):
-                known = ", ".join(sorted(set(capacity) | with_data)) or "none"
-                raise ToolFailure(f"unknown cluster {args.cluster_id!r} (known: {known})")
+                raise unknown_name("cluster", args.cluster_id, sorted(set(capacity) | with_data))
             raise ToolFailure(
                 f"no utilisation data for cluster {args.cluster_id!r} yet "
                 f"(clusters with data: {', '.join(sorted(with_data)) or 'none'})"
@@ -242,6 +262,9 @@ def cluster_utilisation(ctx: ToolContext, args: ClusterUtilisationArgs) -> Findi
             )
         else:
             context = Context(f"hosts:{cid}:utilisation", "warehouse", fact, "hosts")
+        if cid in before:
+            fact += _before_fact(row, before[cid])
+            context = replace(context, text=f"{fact} (minute of {_minute(bucket)})")
         rows.append(row)
         facts.append(fact)
         contexts.append(context)
@@ -284,7 +307,23 @@ def cluster_utilisation(ctx: ToolContext, args: ClusterUtilisationArgs) -> Findi
         f"highest: {top['cluster_id']} {headline}"
     )
     subjects = [r["cluster_id"] for r in rows]
-    return Findings(summary, facts, rows, contexts, subjects)
+    details = {"newest": _plain(newest), "compare_with": _plain(args.compare_with)}
+    return Findings(summary, facts, rows, contexts, subjects, details)
+
+
+def _before_fact(row: dict[str, Any], before: tuple[Any, ...]) -> str:
+    """The cluster's figures at the minute before a moment, added to its row; the fact's tail."""
+    _, bucket, cpu, memory, workers_cpu = before
+    row.update(
+        before_bucket=bucket,
+        cpu_before_pct=_round(cpu),
+        memory_before_pct=_round(memory),
+        workers_cpu_before_pct=_round(workers_cpu),
+    )
+    text = f"; at {_minute(bucket)}: CPU {cpu:.1f}%, memory {memory:.1f}%"
+    if workers_cpu is not None:
+        text += f", workers' CPU {workers_cpu:.1f}%"
+    return text
 
 
 def _live_cluster(
@@ -468,8 +507,9 @@ def find_hosts(ctx: ToolContext, args: FindHostsArgs) -> Findings:
         if not found:
             _check_host_filters(conn, view, args)
     scope = _host_scope(args)
+    details = {"scope": scope.strip(), "order_by": args.order_by}
     if not found:
-        return Findings(f"no hosts{scope}")
+        return Findings(f"no hosts{scope}", details={**details, "matching": 0})
     rows = [
         {
             "host_id": r["host_id"],
@@ -501,7 +541,8 @@ def find_hosts(ctx: ToolContext, args: FindHostsArgs) -> Findings:
         f"({' and '.join(sources)})"
     )
     subjects = [r["host_id"] for r in found]
-    return Findings(summary, facts, rows, contexts, subjects)
+    details["matching"] = found[0]["matching"]
+    return Findings(summary, facts, rows, contexts, subjects, details)
 
 
 def _host_scope(args: FindHostsArgs) -> str:
@@ -548,7 +589,7 @@ def _check_host_filters(conn: duckdb.DuckDBPyConnection, view: str, args: FindHo
         ]
         if value.lower() not in {k.lower() for k in known}:
             extra = f"; or {NOT_HEALTHY}" if what == "status" else ""
-            raise ToolFailure(f"unknown {what} {value!r} (known: {_listing(known)}{extra})")
+            raise unknown_name(what, value, known, extra)
 
 
 FIND_HOSTS = Tool(

@@ -1,0 +1,113 @@
+"""The gate a model's headline must pass before a person reads it instead of the composed one.
+
+A small model asked for one sentence repeats words, echoes the question, drifts into English
+or invents an id. Each check below is one of those failures, named in the verdict so that the
+interaction records why the model's text was refused. The same gate scores the fine-tuned
+adapters: the share of held-out questions whose model headline passes it and carries the
+expected fact.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+from dagster_platform.agents.headline import Language
+
+MAX_CHARS = 400
+MAX_SENTENCES = 3
+NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?")
+# ids an answer names: applications, actions, incidents, runbooks, hosts and clusters
+IDS = re.compile(
+    r"application_\d+_\d+|act-[0-9a-f]{6,}|INC-\d{4}-\d+|rb-[a-z0-9-]+|"
+    r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*-(?:prod|staging|stg|dev)(?:-[a-z]+-\d+)?",
+)
+_SENTENCE = re.compile(r"(?<=[.!?。])\s+|\n+")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_LATIN = re.compile(r"[A-Za-z]")
+_CODE = re.compile(r"`[^`]*`")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""  # why it was refused; empty when it passed
+
+    @classmethod
+    def refuse(cls, reason: str) -> Verdict:
+        return cls(False, reason)
+
+
+def _normal(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in text if c.isalnum() or c.isspace()).strip()
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def _language_problem(text: str, language: Language) -> str | None:
+    """Korean wanted: Hangul is most of the prose (ids, code and numbers aside); English
+    wanted (or a third language, answered in English): no Hangul at all."""
+    prose = IDS.sub(" ", _CODE.sub(" ", text))
+    hangul, latin = len(_HANGUL.findall(prose)), len(_LATIN.findall(prose))
+    if language == "ko" and hangul < max(4, latin):
+        return "not in Korean, the question's language"
+    foreign = sum(c.isalpha() and not c.isascii() for c in prose)
+    if language != "ko" and (hangul or foreign > latin):
+        return "not in English" + (", the question's language" if language == "en" else "")
+    return None
+
+
+def _repeats(text: str) -> str | None:
+    sentences = [_normal(s) for s in _sentences(text)]
+    counted = Counter(s for s in sentences if len(s) > 8)
+    if any(n > 1 for n in counted.values()):
+        return "repeats a sentence"
+    words = _normal(text).split()
+    if len(words) >= 6:
+        trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
+        if trigrams and max(trigrams.values()) >= 3:
+            return "repeats itself"
+        if max(Counter(words).values()) >= max(4, len(words) // 3):
+            return "repeats a word"
+    return None
+
+
+def _echoes(text: str, question: str) -> bool:
+    said, asked = _normal(text), _normal(question)
+    if len(asked) >= 8 and asked in said:
+        return True
+    first = _sentences(text)[0] if _sentences(text) else text
+    return SequenceMatcher(None, _normal(first), asked).ratio() >= 0.7
+
+
+def judge(text: str, question: str, language: Language, evidence: str) -> Verdict:
+    """Whether a model's headline may be shown: every check, the first failure named."""
+    text = text.strip()
+    if not text:
+        return Verdict.refuse("empty")
+    if len(text) > MAX_CHARS:
+        return Verdict.refuse(f"longer than {MAX_CHARS} characters")
+    if len(_sentences(text)) > MAX_SENTENCES:
+        return Verdict.refuse(f"more than {MAX_SENTENCES} sentences")
+    problem = _language_problem(text, language)
+    if problem:
+        return Verdict.refuse(problem)
+    if _echoes(text, question):
+        return Verdict.refuse("echoes the question")
+    problem = _repeats(text)
+    if problem:
+        return Verdict.refuse(problem)
+    source = f"{question}\n{evidence}"
+    invented = sorted({n for n in NUMBER.findall(text) if n not in source})
+    if invented:
+        return Verdict.refuse(f"numbers not in the evidence: {', '.join(invented[:5])}")
+    unknown = sorted({i for i in IDS.findall(text) if i not in source})
+    if unknown:
+        return Verdict.refuse(f"ids not in the evidence: {', '.join(unknown[:5])}")
+    return Verdict(True)

@@ -29,6 +29,7 @@ _SENTENCE = re.compile(r"(?<=[.!?。])\s+|\n+")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _LATIN = re.compile(r"[A-Za-z]")
 _CODE = re.compile(r"`[^`]*`")
+ANSWER_WORDS = re.compile(r"^(?:yes|no)\b|^(?:네|예|아니요|아니오)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,24 +64,25 @@ def _language_problem(text: str, language: Language) -> str | None:
     return None
 
 
-def _repeats(text: str) -> str | None:
+def _repeats(text: str, evidence: str) -> str | None:
     sentences = [_normal(s) for s in _sentences(text)]
     counted = Counter(s for s in sentences if len(s) > 8)
     if any(n > 1 for n in counted.values()):
         return "repeats a sentence"
     words = _normal(text).split()
-    if len(words) >= 6:
-        trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
-        if trigrams and max(trigrams.values()) >= 3:
-            return "repeats itself"
-        if max(Counter(words).values()) >= max(4, len(words) // 3):
-            return "repeats a word"
+    trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
+    if trigrams and max(trigrams.values()) >= 3:
+        return "repeats itself"
+    source = _normal(evidence).split()
+    for word, n in Counter(w for w in words if len(w) > 1).items():
+        if n >= 5 or (n >= 3 and len(word) > 3 and word not in source):  # "CPU" thrice is fine
+            return f"repeats the word {word!r}"
     return None
 
 
 def _echoes(text: str, question: str) -> bool:
     said, asked = _normal(text), _normal(question)
-    if len(asked) >= 8 and asked in said:
+    if (len(asked) >= 8 and asked in said) or (len(said) >= 4 and said in asked):
         return True
     first = _sentences(text)[0] if _sentences(text) else text
     return SequenceMatcher(None, _normal(first), asked).ratio() >= 0.7
@@ -91,23 +93,32 @@ def judge(text: str, question: str, language: Language, evidence: str) -> Verdic
     text = text.strip()
     if not text:
         return Verdict.refuse("empty")
+    if "\ufffd" in text:
+        return Verdict.refuse("cut off inside a character")
     if len(text) > MAX_CHARS:
         return Verdict.refuse(f"longer than {MAX_CHARS} characters")
     if len(_sentences(text)) > MAX_SENTENCES:
         return Verdict.refuse(f"more than {MAX_SENTENCES} sentences")
+    letters = sum(c.isalpha() for c in text)
+    if letters < 0.3 * len(text.replace(" ", "")):
+        return Verdict.refuse("not prose (mostly digits and punctuation)")
     problem = _language_problem(text, language)
     if problem:
         return Verdict.refuse(problem)
     if _echoes(text, question):
         return Verdict.refuse("echoes the question")
-    problem = _repeats(text)
+    source = f"{question}\n{evidence}"
+    problem = _repeats(text, source)
     if problem:
         return Verdict.refuse(problem)
-    source = f"{question}\n{evidence}"
-    invented = sorted({n for n in NUMBER.findall(text) if n not in source})
+    quoted = set(NUMBER.findall(source))
+    invented = sorted({n for n in NUMBER.findall(text) if n not in quoted})
     if invented:
         return Verdict.refuse(f"numbers not in the evidence: {', '.join(invented[:5])}")
-    unknown = sorted({i for i in IDS.findall(text) if i not in source})
+    named = IDS.findall(text)
+    unknown = sorted({i for i in named if i not in source})
     if unknown:
         return Verdict.refuse(f"ids not in the evidence: {', '.join(unknown[:5])}")
+    if not named and not NUMBER.search(text) and not (ANSWER_WORDS.search(text)):
+        return Verdict.refuse("names nothing from the evidence (no id, number or yes/no)")
     return Verdict(True)

@@ -30,6 +30,11 @@ EVIDENCE = (
         ("etl-prod가 바쁩니다. etl-prod가 바쁩니다.", "repeats a sentence"),
         ("가장 바쁩니다. " * 5, "more than 3 sentences"),
         ("가" * (MAX_CHARS + 1), "longer than"),
+        ("알려줘, 이러면, 이러면, \ufffd", "cut off inside a character"),
+        ("클러스터 가동율", "echoes the question"),
+        ("어디세우면 좋을까요, 잘 모르겠습니다", "names nothing from the evidence"),
+        ("1. 1.1.1.1: 1.1.1.1.1: 1.1.1.1.1", "not prose"),
+        ("어디세우면, 어디세우면, 어디세우면, 90.6%", "repeats the word"),
     ],
 )
 def test_what_a_small_model_gets_wrong_is_refused_with_the_reason(text: str, reason: str) -> None:

@@ -13,6 +13,7 @@ import typer
 
 from dagster_platform.cli.broker import embedded_broker
 from dagster_platform.cli.common import fail
+from dagster_platform.cli.produce import Clock
 from dagster_platform.kafka.broker import BrokerError
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
 from dagster_platform.settings import REPO_ROOT, get_settings
@@ -28,6 +29,10 @@ def dev(
         ),
     ] = True,
     produce_rate: Annotated[float, typer.Option(help="Simulator ticks per second.")] = 0.5,
+    clock: Annotated[
+        Clock,
+        typer.Option(help="The simulator's clock: wall (events stamped now) or simulated."),
+    ] = "wall",
     incident_every: Annotated[
         float, typer.Option(help="Seconds between simulated cpu-spike incidents.")
     ] = 600.0,
@@ -70,7 +75,7 @@ def dev(
     if produce_events:
         producer = _spawn(
             [sys.executable, "-m", "dagster_platform.cli", "produce", "--rate", str(produce_rate),
-             "--incident-every", str(incident_every)],
+             "--clock", clock, "--incident-every", str(incident_every)],
             env,
         )  # fmt: skip
     try:

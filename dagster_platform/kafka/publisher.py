@@ -1,6 +1,10 @@
 """Publishing the simulation: ticks of the cluster model onto Kafka at a wall-clock rate,
 scheduled incidents, and the approved commands on ops-actions applied before each tick (a kill
-approved in the ontology stops the job here)."""
+approved in the ontology stops the job here).
+
+Scheduled incidents follow the simulator's clock: on the simulated clock they are counted in
+ticks, so the stream stays deterministic; on the wall clock they come every so many real
+seconds, whatever the rate."""
 
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class ProduceReport:
     """What one producer run sent: the console command prints it, tests compare it to Kafka."""
 
     seed: int
+    clock: str = "simulated"
     ticks: int = 0
     sent: dict[str, int] = field(default_factory=dict)  # topic → delivered
     events: dict[str, int] = field(default_factory=dict)  # event type → delivered
@@ -106,8 +111,8 @@ def _apply_commands(
 
 
 def _ticks_between(incident_every: float, rate: float, step: timedelta) -> int:
-    """Scheduled incidents are counted in ticks so the stream stays deterministic: every
-    `incident_every` wall seconds at `rate`, or simulated seconds when running flat out."""
+    """Ticks between incidents on the simulated clock: every `incident_every` wall seconds at
+    `rate`, or simulated seconds when running flat out."""
     ticks = incident_every * rate if rate > 0 else incident_every / step.total_seconds()
     return max(1, round(ticks))
 
@@ -128,7 +133,8 @@ def run_producer(
     """Publish the simulation until `duration` seconds, `ticks` ticks, `stop` or Ctrl-C.
 
     `rate` is ticks per wall second (0: as fast as possible). `incident` is injected on
-    `cluster` at the start, and again (or `cpu-spike`) every `incident_every` seconds. Approved
+    `cluster` at the start, and again (or `cpu-spike`) every `incident_every` seconds (real
+    ones on the wall clock; see the module docstring on the simulated clock). Approved
     commands on ops-actions are applied before each tick. Raises KafkaUnavailable when the
     broker does not answer, ValueError for a bad option, both before anything is sent.
     """
@@ -136,10 +142,16 @@ def run_producer(
         raise ValueError(f"rate must be >= 0, got {rate}")
     scheduled_kind = incident or "cpu-spike"
     simulator.check_incident(scheduled_kind, cluster)
-    every = _ticks_between(incident_every, rate, simulator.step) if incident_every else None
+    wall = simulator.clock == "wall"
+    every_ticks = (
+        _ticks_between(incident_every, rate, simulator.step)
+        if incident_every and not wall
+        else None
+    )
+    every_s = incident_every if incident_every and wall else None
     list_topics(bootstrap_servers, timeout=connect_timeout)
     ensure_topics(bootstrap_servers)
-    report = ProduceReport(seed=simulator.seed)
+    report = ProduceReport(seed=simulator.seed, clock=simulator.clock)
     sent: Counter[str] = Counter()
     events: Counter[str] = Counter()
 
@@ -156,16 +168,27 @@ def run_producer(
     consumer = _actions_consumer(bootstrap_servers, connect_timeout)
     stop = stop or threading.Event()
     started = time.monotonic()
+    next_incident = started + every_s if every_s else None
     log.info(
         "simulator producing",
-        extra={"bootstrap": bootstrap_servers, "seed": simulator.seed, "rate": rate},
+        extra={
+            "bootstrap": bootstrap_servers,
+            "seed": simulator.seed,
+            "rate": rate,
+            "clock": simulator.clock,
+        },
     )
     try:
         while not stop.is_set() and (ticks is None or report.ticks < ticks):
             if duration is not None and time.monotonic() - started >= duration:
                 break
             n = report.ticks
-            kind = incident if n == 0 else (scheduled_kind if every and n % every == 0 else None)
+            kind = incident if n == 0 else None
+            if n > 0 and every_ticks and n % every_ticks == 0:
+                kind = scheduled_kind
+            elif every_s and next_incident is not None and time.monotonic() >= next_incident:
+                kind = scheduled_kind
+                next_incident = time.monotonic() + every_s
             if kind is not None:
                 target = simulator.inject_incident(kind, cluster)
                 report.incidents.append(

@@ -196,10 +196,12 @@ def _ends(bootstrap_servers: str) -> dict[tuple[str, int], int]:
 def _read_run(
     bootstrap_servers: str,
     since: dict[tuple[str, int], int],
-    day: str,
+    stamp: str,
     done: Callable[[list[tuple[str, bytes]]], bool],
 ) -> list[tuple[str, bytes]]:
-    """(topic, value) of the events stamped on simulated `day`, read until `done` says so."""
+    """(topic, value) of the events whose simulated time starts with `stamp` (a day or a month:
+    the first tick replays the snapshot jobs' starts, up to days before the run's start), read
+    until `done` says so."""
     consumer = _consumer(bootstrap_servers)
     consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in since.items()])
     found: list[tuple[str, bytes]] = []
@@ -213,7 +215,7 @@ def _read_run(
                 event = msgspec.json.decode(message.value())
             except msgspec.DecodeError:  # another test's bad message on the shared broker
                 continue
-            if isinstance(event, dict) and str(event.get("ts", "")).startswith(day):
+            if isinstance(event, dict) and str(event.get("ts", "")).startswith(stamp):
                 found.append((message.topic(), message.value()))
     finally:
         consumer.close()
@@ -222,7 +224,7 @@ def _read_run(
 
 def test_run_producer_publishes_exactly_what_it_reports(kafka_broker: EmbeddedBroker) -> None:
     servers = kafka_broker.bootstrap_servers
-    start = datetime(2031, 1, 1, tzinfo=UTC)
+    start = datetime(2031, 1, 10, tzinfo=UTC)
     before = _ends(servers)
     report = run_producer(
         servers,
@@ -247,7 +249,7 @@ def test_run_producer_publishes_exactly_what_it_reports(kafka_broker: EmbeddedBr
             reached.append(time.monotonic())
         return len(found) > total or (bool(reached) and time.monotonic() - reached[0] > 0.5)
 
-    found = _read_run(servers, before, "2031-01-01", settled)
+    found = _read_run(servers, before, "2031-01", settled)
     assert Counter(topic for topic, _ in found) == report.sent
 
     offline = ClusterSimulator(SAMPLE_DIR, seed=11, start=start)
@@ -262,7 +264,7 @@ def test_run_producer_publishes_exactly_what_it_reports(kafka_broker: EmbeddedBr
 
 def test_a_kill_command_on_ops_actions_is_applied(kafka_broker: EmbeddedBroker) -> None:
     servers = kafka_broker.bootstrap_servers
-    simulator = ClusterSimulator(SAMPLE_DIR, start=datetime(2031, 2, 1, tzinfo=UTC))
+    simulator = ClusterSimulator(SAMPLE_DIR, start=datetime(2031, 3, 1, tzinfo=UTC))
     before = _ends(servers)
     stop = threading.Event()
     reports = []
@@ -271,7 +273,7 @@ def test_a_kill_command_on_ops_actions_is_applied(kafka_broker: EmbeddedBroker) 
     )
     runner.start()
     try:  # the actions consumer is in place before the first event goes out
-        assert _read_run(servers, before, "2031-02-01", bool), "the simulator published nothing"
+        assert _read_run(servers, before, "2031-03-01", bool), "the simulator published nothing"
         producer = Producer({"bootstrap.servers": servers})
         producer.produce(ACTIONS_TOPIC, b"not a command")
         producer.produce(ACTIONS_TOPIC, encode(_kill("application_1794712500000_9999")))
@@ -281,7 +283,7 @@ def test_a_kill_command_on_ops_actions_is_applied(kafka_broker: EmbeddedBroker) 
         def killed(found: list[tuple[str, bytes]]) -> bool:
             return any(b'"state":"KILLED"' in v and TOP_TWO[0].encode() in v for _, v in found)
 
-        assert killed(_read_run(servers, before, "2031-02-01", killed))
+        assert killed(_read_run(servers, before, "2031-03-01", killed))
     finally:
         stop.set()
         runner.join(20)

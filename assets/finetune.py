@@ -14,10 +14,12 @@ import polars as pl
 from dagster_platform.deploy.k8s import gpu_step_tags
 from dagster_platform.finetune import artifacts
 from dagster_platform.finetune.dataset import (
+    asked_questions,
     build_dataset,
     collect_examples,
     enough_examples,
     load_split,
+    normalise,
     overlapping_splits,
     personal_data_left,
     write_dataset,
@@ -76,19 +78,29 @@ def sft_dataset(
     finetune: FinetuneResource,
     data_folder: DataFolderResource,
     state: StateResource,
+    ontology: OntologyResource,
 ):
     """Positively rated answers and corrections (a correction wins over the answer), plus
-    instruction pairs from the runbooks and the ontology; scrubbed, deduplicated by a
-    normalised hash, split by hash, in the base model's chat template. Written as Parquet and
-    JSONL under `finetune/datasets/<version>` in the state folder; the loop trains on it only
-    when every blocking check passes."""
+    instruction pairs from the runbooks and the ontology, and the headline task: the facts of
+    rated answers to their accepted headline, and the composer's headlines to template
+    questions over the inventory (never a golden question: those judge the adapters).
+    Scrubbed, deduplicated by a normalised hash, split by hash, in the base model's chat
+    template. Written as Parquet and JSONL under `finetune/datasets/<version>` in the state
+    folder; the loop trains on it only when every blocking check passes."""
     from transformers import AutoTokenizer
+
+    from dagster_platform.agents.evaluation import load_cases
+    from dagster_platform.finetune.teacher import teacher_examples
 
     gate = finetune.gate()
     base_model = finetune.base_model()
+    golden = [c.question for c in load_cases(data_folder.path / "golden_questions.jsonl")]
+    settings = state.settings(data_folder=data_folder, ontology=ontology)
+    taught, untaught = teacher_examples(settings, held_out=golden)
     with warehouse.get_connection() as conn:
         raw, skipped = collect_examples(conn, data_folder.path / "runbooks")
         usable = usable_feedback_total(conn)
+    raw, skipped = [*raw, *taught], skipped + untaught
     dataset = build_dataset(
         raw, AutoTokenizer.from_pretrained(base_model), base_model=base_model, skipped=skipped
     )
@@ -244,17 +256,21 @@ def adapter_evaluation(
     registry = mlflow.registry(llm.config().registered_model)
     challenger = _challenger(registry)
     dataset_dir = artifacts.dataset_dir(state.path, challenger.dataset_version)
-    cases, frozen = None, None
-    if gate.evaluation.agent_cases:
+    cases, held_out, frozen = None, None, None
+    eval_rows = load_split(dataset_dir, "eval")
+    if gate.evaluation.agent_cases or gate.evaluation.headline_cases:
         cases = load_cases(data_folder.path / "golden_questions.jsonl")
+        asked = asked_questions([*load_split(dataset_dir, "train"), *eval_rows])
+        held_out = [c for c in cases if not c.scenario_step and normalise(c.question) not in asked]
         frozen = build_frozen_state(settings, artifacts.frozen_state_dir(state.path))
     report = evaluate_candidates(
         registry_candidates(registry, state.path / "adapters"),
-        load_split(dataset_dir, "eval"),
+        eval_rows,
         base_model_path=finetune.base_model(),
         config=gate,
-        agent_cases=cases,
+        agent_cases=cases if gate.evaluation.agent_cases else None,
         assistant_settings=frozen,
+        headline_cases=held_out,
     )
     run_id = log_evaluation(
         report,

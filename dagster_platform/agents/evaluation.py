@@ -5,6 +5,10 @@
   not counted); tool-call precision: the share of the calls made that were expected.
 - Grounding: the share of expected facts that are in the answer *and* in the evidence the
   tools returned (facts and retrieved passages): present but unsupported does not count.
+- Headline: the share whose first paragraph carries the question's headline fact (a golden
+  record's `headline_fact`; else its first expected document for a guide question, its first
+  expected fact otherwise), and the share whose headline is the model's own, passed by the
+  gate, and carries it: what fine-tuning on the headline task should raise.
 The seed scenario's questions run in one session, in step order, as a person would ask them;
 every other question gets its own session.
 """
@@ -33,6 +37,14 @@ class AgentCase:
     expected_facts: tuple[str, ...]
     expected_tools: tuple[str, ...]
     scenario_step: int | None
+    headline_fact: str | None = None
+
+
+def _headline_fact(record: dict[str, Any]) -> str | None:
+    if record.get("headline_fact"):
+        return record["headline_fact"]
+    first = (record.get("expected_doc_ids") or [None])[0] if record["route"] == "guide" else None
+    return first or next(iter(record.get("expected_facts") or ()), None)
 
 
 def load_cases(path: Path) -> list[AgentCase]:
@@ -46,6 +58,7 @@ def load_cases(path: Path) -> list[AgentCase]:
             tuple(record.get("expected_facts") or ()),
             tuple(record.get("expected_tools") or ()),
             record.get("scenario_step"),
+            _headline_fact(record),
         ),
     )
 
@@ -59,6 +72,8 @@ class CaseResult:
     facts_supported: int
     latency_ms: float
     answer: str
+    headline: str = ""
+    headline_source: str = "composed"
 
     @property
     def route_ok(self) -> bool:
@@ -75,6 +90,18 @@ class CaseResult:
         if not self.case.expected_tools or not self.tools:
             return None
         return sum(t in self.case.expected_tools for t in self.tools) / len(self.tools)
+
+    @property
+    def headline_ok(self) -> bool | None:
+        """The headline fact in the first paragraph (None: the case names none)."""
+        fact = self.case.headline_fact
+        return None if not fact else _normal(fact) in _normal(self.headline)
+
+    @property
+    def model_headline_ok(self) -> bool | None:
+        """The model's own headline was shown (the gate passed it) and carries the fact."""
+        ok = self.headline_ok
+        return None if ok is None else ok and self.headline_source == "model"
 
     @property
     def grounding(self) -> float | None:
@@ -106,6 +133,8 @@ def score(case: AgentCase, answer: Answer) -> CaseResult:
         len(supported),
         record.latency_ms or 0.0,
         answer.text,
+        record.headline or "",
+        record.headline_source or "composed",
     )
 
 
@@ -133,6 +162,7 @@ def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
     precision = [r.tool_precision for r in results if r.tool_precision is not None]
     grounded = [r.grounding for r in results if r.grounding is not None]
     seed = [r for r in results if r.case.scenario_step]
+    headlines = [r for r in results if r.headline_ok is not None]
     return {
         "questions": len(results),
         "routing_accuracy": _mean([float(r.route_ok) for r in results]),
@@ -141,6 +171,9 @@ def metrics(results: Sequence[CaseResult]) -> dict[str, Any]:
         "tool_call_precision": _mean(precision),
         "tool_call_questions": len(tool_scored),
         "grounding": _mean(grounded),
+        "headline_correct": _mean([float(bool(r.headline_ok)) for r in headlines]),
+        "headline_pass_rate": _mean([float(bool(r.model_headline_ok)) for r in headlines]),
+        "headline_questions": len(headlines),
         "latency_p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
         "latency_p95_ms": round(latencies[max(0, int(0.95 * len(latencies)) - 1)], 1)
         if latencies
@@ -157,6 +190,13 @@ def results_table(results: Sequence[CaseResult]) -> str:
             "route": [r.route + ("" if r.route_ok else " ✗") for r in results],
             "tools": [", ".join(r.tools) or "-" for r in results],
             "grounding": ["-" if r.grounding is None else f"{r.grounding:.2f}" for r in results],
+            "headline": [
+                "-"
+                if r.headline_ok is None
+                else ("✓" if r.headline_ok else "✗")
+                + (" model" if r.headline_source == "model" else "")
+                for r in results
+            ],
             "ms": [f"{r.latency_ms:.0f}" for r in results],
         }
     )

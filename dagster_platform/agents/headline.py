@@ -79,8 +79,9 @@ _LANGUAGE_NAME = {"ko": "Korean", "en": "English", "other": "English"}
 
 def evidence_lines(results: Sequence[ToolResult]) -> list[str]:
     """What the model is shown and what its headline is checked against: the facts of the
-    tools that answered, the passages' first lines after them."""
-    facts = [fact for r in results if r.ok for fact in r.facts]
+    tools that answered (and why the others did not), the passages' first lines after them."""
+    facts = [fact for r in results if r.ok for fact in (r.facts or [r.summary])]
+    facts += [f"{r.tool} failed: {r.error}" for r in results if not r.ok]
     passages = [
         f"{c.citation or c.id}: {' '.join(c.text.split())[:200]}"
         for r in results
@@ -343,9 +344,10 @@ def _jobs(ask: _Ask, result: ToolResult) -> str:
     scope = _job_scope(ask, result.arguments)
     when = _time(d.get("as_of"), ko)
     if not rows:
+        no = bool(ANY.search(ask.question))
         return ask.say(
-            f"조건에 맞는 잡이 없습니다: {scope} ({when}).",
-            f"No {scope} ({when}).",
+            f"{'아니요, ' if no else ''}조건에 맞는 잡이 없습니다: {scope} ({when}).",
+            f"{'No: there are no' if no else 'No'} {scope} ({when}).",
         )
     order = d.get("order_by", "cpu_share")
     what_en = {"memory": "memory", "vcores": "vcores", "runtime": "time"}.get(order, "CPU")

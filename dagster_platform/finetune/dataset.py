@@ -31,6 +31,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from dagster_platform.agents.headline import HEADLINE_SYSTEM_PROMPT, headline_prompt
 from dagster_platform.agents.interactions import TABLE as INTERACTIONS_TABLE
 from dagster_platform.ingestion.documents import DocumentRejected
 from dagster_platform.ingestion.runbooks import read_runbook, runbook_paths
@@ -43,8 +44,8 @@ from dagster_platform.ontology.build import OBJECTS_TABLE
 
 log = get_logger(__name__)
 
-Source = Literal["feedback", "correction", "runbook", "ontology"]
-SOURCES: tuple[Source, ...] = ("correction", "feedback", "runbook", "ontology")  # who wins
+Source = Literal["feedback", "correction", "runbook", "ontology", "teacher"]
+SOURCES: tuple[Source, ...] = ("correction", "feedback", "runbook", "ontology", "teacher")
 SPLITS = ("train", "eval")
 SFT_SYSTEM_PROMPT = (
     "You are an operations assistant for data-platform clusters (YARN, Spark, HDFS, Kafka). "
@@ -90,6 +91,24 @@ class RawExample:
     completion: str
     interaction_id: str | None = None
     rated_at: datetime | None = None
+    system: str = SFT_SYSTEM_PROMPT  # the task: answering, or writing the headline
+
+
+def headline_example(
+    source: Source,
+    question: str,
+    evidence: list[str],
+    headline: str,
+    interaction_id: str | None = None,
+    rated_at: datetime | None = None,
+) -> RawExample:
+    """The headline task as the served model sees it: the question and the tools' facts in,
+    the accepted headline (one paragraph) out."""
+    prompt = headline_prompt(question, evidence)
+    first = headline.strip().split("\n\n")[0].strip()
+    return RawExample(
+        source, prompt[1].content, first, interaction_id, rated_at, HEADLINE_SYSTEM_PROMPT
+    )
 
 
 @dataclass
@@ -169,16 +188,22 @@ def feedback_examples(conn: duckdb.DuckDBPyConnection) -> tuple[list[RawExample]
         "(PARTITION BY interaction_id ORDER BY ts DESC, feedback_id DESC) = 1"
     )
     if table_exists(conn, INTERACTIONS_TABLE):
+        have = _columns(conn, INTERACTIONS_TABLE)
+        headline = "i.headline" if "headline" in have else "NULL"
+        evidence = "i.evidence" if "evidence" in have else "NULL"
         query = (
-            f"SELECT f.*, i.interaction_id IS NOT NULL, i.status, i.question, i.answer "
+            f"SELECT f.*, i.interaction_id IS NOT NULL, i.status, i.question, i.answer, "
+            f"{headline}, {evidence} "
             f"FROM ({latest}) f LEFT JOIN {quote(INTERACTIONS_TABLE)} i USING (interaction_id)"
         )
     else:
-        query = f"SELECT *, false, NULL, NULL, NULL FROM ({latest})"
+        query = f"SELECT *, false, NULL, NULL, NULL, NULL, NULL FROM ({latest})"
     rows = conn.execute(f"{query} ORDER BY ts, interaction_id").fetchall()
     skipped["superseded"] = total - len(rows)
     examples: list[RawExample] = []
-    for interaction_id, rating, fix, ts, known, status, question, answer in rows:
+    for row in rows:
+        examples += _headline_examples(row)
+    for interaction_id, rating, fix, ts, known, status, question, answer, *_ in rows:
         if not known:
             skipped["unknown_interaction"] += 1
         elif status not in ANSWERED or not (answer or "").strip():
@@ -192,6 +217,20 @@ def feedback_examples(conn: duckdb.DuckDBPyConnection) -> tuple[list[RawExample]
         else:
             skipped["down_vote" if rating == -1 else "neutral"] += 1
     return examples, +skipped
+
+
+def _headline_examples(row: tuple[Any, ...]) -> list[RawExample]:
+    """A rated answer whose facts were recorded also teaches the headline: a correction's first
+    paragraph, or the headline an up vote approved."""
+    interaction_id, rating, fix, ts, known, status, question, _, headline, evidence = row
+    facts = json.loads(evidence) if isinstance(evidence, str) else list(evidence or [])
+    if not known or status not in ANSWERED or not facts or not (question or "").strip():
+        return []
+    if fix and fix.strip():
+        return [headline_example("correction", question, facts, fix, interaction_id, ts)]
+    if rating == 1 and (headline or "").strip():
+        return [headline_example("feedback", question, facts, headline, interaction_id, ts)]
+    return []
 
 
 def _language(meta: Mapping[str, Any], title: str) -> str:
@@ -335,6 +374,7 @@ def _version(ids: Iterable[str], tokenizer: Any, base_model: str, eval_percent: 
         str(getattr(tokenizer, "chat_template", "") or ""),
         str(tokenizer.eos_token),
         SFT_SYSTEM_PROMPT,
+        HEADLINE_SYSTEM_PROMPT,
         str(eval_percent),
         *sorted(ids),
     ):
@@ -369,7 +409,12 @@ def build_dataset(
             dropped["blank"] += 1
             continue
         clean = RawExample(
-            example.source, question, completion, example.interaction_id, example.rated_at
+            example.source,
+            question,
+            completion,
+            example.interaction_id,
+            example.rated_at,
+            example.system,
         )
         cleaned.append((example_id(question, completion), clean))
     kept, duplicates = _winners(cleaned)
@@ -378,7 +423,7 @@ def build_dataset(
     rows: list[dict[str, Any]] = []
     for eid, example in kept:
         messages = [
-            {"role": "system", "content": SFT_SYSTEM_PROMPT},
+            {"role": "system", "content": example.system},
             {"role": "user", "content": example.question},
         ]
         prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -414,6 +459,20 @@ def build_dataset(
         extra={"counts": dataset.counts(), "scrubbed": dict(dataset.scrubbed)},
     )
     return dataset
+
+
+_HEADLINE_QUESTION = re.compile(r"^Question \([A-Za-z]+\): (.*?)\nFacts:", re.DOTALL)
+
+
+def asked_questions(rows: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Every question the rows teach (normalised), the headline task's included: what an
+    evaluation on held-out questions must not ask."""
+    asked: set[str] = set()
+    for row in rows:
+        user = next(m["content"] for m in json.loads(row["messages"]) if m["role"] == "user")
+        match = _HEADLINE_QUESTION.match(user)
+        asked.add(normalise(match.group(1) if match else user))
+    return asked
 
 
 # --- storing ------------------------------------------------------------------------------

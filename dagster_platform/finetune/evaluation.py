@@ -38,6 +38,7 @@ log = get_logger(__name__)
 CandidateName = Literal["challenger", "champion", "base"]
 CANDIDATE_NAMES = ("challenger", "champion", "base")
 AGENT_METRICS = ("routing_accuracy", "tool_call_accuracy", "tool_call_precision", "grounding")
+HEADLINE_METRIC = "headline_pass_rate"  # on held-out questions: the model's headline passed
 EXPERIMENT = "adapter_evaluation"
 
 
@@ -61,6 +62,7 @@ class EvaluationReport:
     generated_examples: int
     max_new_tokens: int
     agent_cases: int
+    headline_cases: int = 0
 
     def get(self, name: str) -> CandidateMetrics | None:
         return next((c for c in self.candidates if c.name == name), None)
@@ -98,7 +100,8 @@ class EvaluationReport:
         lines.append(
             f"Loss on {self.loss_examples} eval examples ({self.dropped_examples} too long to "
             f"score), ROUGE-L on {self.generated_examples} greedy answers of at most "
-            f"{self.max_new_tokens} tokens, agent metrics on {self.agent_cases} golden questions."
+            f"{self.max_new_tokens} tokens, agent metrics on {self.agent_cases} golden questions, "
+            f"the headline pass rate on {self.headline_cases} held-out golden questions."
         )
         for candidate in self.candidates:
             if candidate.error:
@@ -141,6 +144,7 @@ class EvaluationReport:
             "generated_examples": self.generated_examples,
             "max_new_tokens": self.max_new_tokens,
             "agent_cases": self.agent_cases,
+            "headline_cases": self.headline_cases,
         }
 
     @classmethod
@@ -284,7 +288,12 @@ class _AgentBench:
         wal.unlink(missing_ok=True)
         shutil.copyfile(self.pristine, self.settings.warehouse_path)
 
-    def scores(self, adapter: AdapterInfo | None, cases: Sequence[AgentCase]) -> dict[str, float]:
+    def scores(
+        self,
+        adapter: AdapterInfo | None,
+        cases: Sequence[AgentCase],
+        headline_cases: Sequence[AgentCase] = (),
+    ) -> dict[str, float]:
         from dagster_platform.agents.assistant import Assistant
         from dagster_platform.agents.evaluation import metrics, run_cases
         from dagster_platform.llm.client import LLMClient
@@ -296,12 +305,16 @@ class _AgentBench:
         assistant = Assistant.open(self.settings, llm=service)
         try:
             results = run_cases(assistant, cases)
+            held_out = run_cases(assistant, headline_cases) if headline_cases else []
         finally:
             assistant.close()
         if service.warning:
             raise LLMError(service.warning)
         measured = metrics(results)
-        return {name: float(measured[name]) for name in AGENT_METRICS}
+        scores = {name: float(measured[name]) for name in AGENT_METRICS} if results else {}
+        if held_out:
+            scores[HEADLINE_METRIC] = float(metrics(held_out)[HEADLINE_METRIC])
+        return scores
 
 
 def evaluate_candidates(
@@ -312,11 +325,13 @@ def evaluate_candidates(
     config: GateConfig,
     agent_cases: Sequence[AgentCase] | None = None,
     assistant_settings: Settings | None = None,
+    headline_cases: Sequence[AgentCase] | None = None,
 ) -> EvaluationReport:
     """Score every candidate on the eval split (and the golden questions when both
-    `agent_cases` and the frozen state's `assistant_settings` are given)."""
+    `agent_cases` and the frozen state's `assistant_settings` are given; `headline_cases`,
+    questions no training example asked, for the headline pass rate)."""
     _check(candidates, eval_rows)
-    if agent_cases and assistant_settings is None:
+    if (agent_cases or headline_cases) and assistant_settings is None:
         raise EvaluationError("agent cases need assistant_settings (a frozen state) to run on")
     sizes = config.evaluation
     backend = shared_backend(str(base_model_path))
@@ -333,12 +348,13 @@ def evaluate_candidates(
         )
     generated_rows = eval_rows[: sizes.max_eval_examples]
     cases = list(agent_cases or [])[: sizes.agent_cases]
+    held_out = list(headline_cases or [])[: sizes.headline_cases]
     loaded: dict[str, AdapterInfo] = {}
     results: list[CandidateMetrics] = []
     with tempfile.TemporaryDirectory(prefix="adapter-evaluation-") as folder:
         bench = (
             _AgentBench(assistant_settings, backend, str(base_model_path), Path(folder))
-            if cases and assistant_settings is not None
+            if (cases or held_out) and assistant_settings is not None
             else None
         )
         try:
@@ -375,6 +391,7 @@ def evaluate_candidates(
                         config,
                         bench,
                         cases,
+                        held_out,
                     )
                 )
         finally:
@@ -389,6 +406,7 @@ def evaluate_candidates(
         generated_examples=len(generated_rows),
         max_new_tokens=sizes.max_new_tokens,
         agent_cases=len(cases) if bench is not None else 0,
+        headline_cases=len(held_out) if bench is not None else 0,
     )
 
 
@@ -401,6 +419,7 @@ def _score(
     config: GateConfig,
     bench: _AgentBench | None,
     cases: Sequence[AgentCase],
+    held_out: Sequence[AgentCase] = (),
 ) -> CandidateMetrics:
     """One candidate's metrics; a failure while scoring marks it failed instead of raising."""
     sizes = config.evaluation
@@ -420,7 +439,7 @@ def _score(
             "rouge_l": rouge_l(answers, [r["completion"] for r in generated_rows]),
         }
         if bench is not None:
-            measured.update(bench.scores(adapter, cases))
+            measured.update(bench.scores(adapter, cases, held_out))
     except RuntimeError as exc:  # torch's errors and LLMError alike
         log.warning("candidate evaluation failed", extra={"candidate": candidate.name})
         return CandidateMetrics(candidate.name, candidate.version, {}, f"evaluation failed: {exc}")
@@ -468,6 +487,7 @@ def log_evaluation(
         generated_examples=report.generated_examples,
         max_new_tokens=report.max_new_tokens,
         agent_cases=report.agent_cases,
+        headline_cases=report.headline_cases,
     )
     challenger = report.get("challenger")
     run = log_run(

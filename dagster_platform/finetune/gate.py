@@ -33,6 +33,7 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
     "tool_call_accuracy": "higher",
     "tool_call_precision": "higher",
     "grounding": "higher",
+    "headline_pass_rate": "higher",
 }
 
 
@@ -82,6 +83,9 @@ class EvaluationSizes(_Strict):
     max_seq_length: int = Field(default=1024, gt=0)
     batch_size: int = Field(default=4, gt=0)
     agent_cases: int = Field(default=10, ge=0, description="Golden questions; 0 skips them")
+    headline_cases: int = Field(
+        default=8, ge=0, description="Held-out golden questions for the headline pass rate"
+    )
 
 
 class GateConfig(_Strict):

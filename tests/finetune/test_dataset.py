@@ -441,4 +441,10 @@ def test_counts_cover_every_split_and_source(tokenizer: Any) -> None:
     dataset: SFTDataset = build_dataset(examples(4), tokenizer, base_model=BASE)
     counts = dataset.counts()
     assert set(counts["split"]) == {"train", "eval"}
-    assert counts["source"] == {"correction": 0, "feedback": 4, "runbook": 0, "ontology": 0}
+    assert counts["source"] == {
+        "correction": 0,
+        "feedback": 4,
+        "runbook": 0,
+        "ontology": 0,
+        "teacher": 0,
+    }

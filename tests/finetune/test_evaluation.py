@@ -288,17 +288,20 @@ def test_the_agent_subset_runs_the_assistant_per_candidate(
         [Candidate("challenger", _adapter(tiny["a1"], "ops-v5"), "5"), Candidate("base", None)],
         rows,
         base_model_path=tiny["base"],
-        config=_config(agent_cases=2),
+        config=_config(agent_cases=2, headline_cases=2),
         agent_cases=cases,
         assistant_settings=frozen,
+        headline_cases=[c for c in cases if not c.scenario_step],
     )
-    assert report.agent_cases == 2
+    assert report.agent_cases == 2 and report.headline_cases == 2
     for candidate in report.candidates:
         assert candidate.error is None
         assert {"routing_accuracy", "tool_call_accuracy", "grounding"} <= set(candidate.metrics)
+        assert 0.0 <= candidate.metrics["headline_pass_rate"] <= 1.0
         assert candidate.metrics["tool_call_accuracy"] > 0  # the rule planner calls the tools
     assert _interactions(frozen) == before  # each candidate ran on the pristine warehouse
     assert "| routing_accuracy ↑ |" in report.markdown()
+    assert "| headline_pass_rate ↑ |" in report.markdown()
     with pytest.raises(EvaluationError, match="need assistant_settings"):
         evaluate_candidates(
             [Candidate("base", None)],

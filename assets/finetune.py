@@ -25,6 +25,7 @@ from dagster_platform.finetune.dataset import (
     write_dataset,
 )
 from dagster_platform.finetune.evaluation import (
+    HEADLINE_METRIC,
     EvaluationReport,
     evaluate_candidates,
     log_evaluation,
@@ -287,6 +288,13 @@ def adapter_evaluation(
             "challenger_version": challenger.version,
             "champion_version": champion.version if champion else "none (base model)",
             "report": dg.MetadataValue.md(report.markdown()),
+            "headline_pass_rate": dg.MetadataValue.json(
+                {
+                    c.label: c.metrics.get(HEADLINE_METRIC)
+                    for c in report.candidates
+                    if HEADLINE_METRIC in c.metrics
+                }
+            ),
             "chart": dg.MetadataValue.md(png_markdown("evaluation", report.chart_png())),
             "mlflow_run_id": run_id,
             "path": dg.MetadataValue.path(str(path)),

@@ -28,7 +28,7 @@ from dagster_platform.agents.headline import (
     headline_prompt,
     language_of,
 )
-from dagster_platform.agents.headline_gate import Verdict, judge
+from dagster_platform.agents.headline_gate import Verdict, judge, key_facts
 from dagster_platform.agents.interactions import Interaction
 from dagster_platform.agents.planner import (
     LLMPlanner,
@@ -339,7 +339,9 @@ class Assistant:
                 *(c.text for r in ok for c in r.contexts),
             ]
         )
-        verdict: Verdict = judge(record.model_headline, question, record.language, support)
+        verdict: Verdict = judge(
+            record.model_headline, question, record.language, support, key_facts(composed.text)
+        )
         if not verdict.ok:
             record.headline_refused = verdict.reason
             return composed.text, []

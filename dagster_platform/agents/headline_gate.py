@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
@@ -30,6 +31,18 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _LATIN = re.compile(r"[A-Za-z]")
 _CODE = re.compile(r"`[^`]*`")
 ANSWER_WORDS = re.compile(r"^(?:yes|no)\b|^(?:네|예|아니요|아니오)\b", re.IGNORECASE)
+
+
+_KEY_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(?:%|GB|TB|vcores)")
+
+
+def key_facts(composed: str, most: int = 3) -> list[str]:
+    """What the composed headline leads with: its first id and the figures of its first
+    sentence. A model's headline must say them too, or it is a sentence beside the answer."""
+    first = re.split(r"(?<=[.!?])\s", composed.strip(), maxsplit=1)[0]
+    facts = [m.group(0) for m in [IDS.search(first)] if m]
+    facts += [m.group(1) for m in _KEY_NUMBER.finditer(first)][:most]
+    return facts
 
 
 @dataclass(frozen=True)
@@ -88,8 +101,15 @@ def _echoes(text: str, question: str) -> bool:
     return SequenceMatcher(None, _normal(first), asked).ratio() >= 0.7
 
 
-def judge(text: str, question: str, language: Language, evidence: str) -> Verdict:
-    """Whether a model's headline may be shown: every check, the first failure named."""
+def judge(
+    text: str,
+    question: str,
+    language: Language,
+    evidence: str,
+    must_name: Sequence[str] = (),
+) -> Verdict:
+    """Whether a model's headline may be shown: every check, the first failure named;
+    `must_name` are the answer's key facts (`key_facts` of the composed headline)."""
     text = text.strip()
     if not text:
         return Verdict.refuse("empty")
@@ -121,4 +141,7 @@ def judge(text: str, question: str, language: Language, evidence: str) -> Verdic
         return Verdict.refuse(f"ids not in the evidence: {', '.join(unknown[:5])}")
     if not named and not NUMBER.search(text) and not (ANSWER_WORDS.search(text)):
         return Verdict.refuse("names nothing from the evidence (no id, number or yes/no)")
+    missing = [fact for fact in must_name if fact not in text]
+    if missing:
+        return Verdict.refuse(f"misses the answer's key facts: {', '.join(missing)}")
     return Verdict(True)

@@ -13,7 +13,9 @@ from dagster_platform.cli.common import fail
 def bench(
     name: Annotated[
         str,
-        typer.Argument(help="kafka-ingest, kafka-latency, knowledge, ontology, llm or finetune"),
+        typer.Argument(
+            help="answers, kafka-ingest, kafka-latency, knowledge, ontology, llm or finetune"
+        ),
     ],
 ) -> None:
     """Run one benchmark of benchmarks/ and print its figures as one JSON object."""

@@ -54,6 +54,8 @@ class Turn:
     served: str | None
     interaction_id: str
     answer: str
+    headline: str = ""
+    headline_source: str = "composed"
 
 
 @dataclass
@@ -78,7 +80,8 @@ class DemoReport:
             same = "same answer" if old.answer == new.answer else "answer changed"
             lines.append(
                 f"{new.question}\n    route {old.route} → {new.route}; served {old.served} → "
-                f"{new.served}; {same}"
+                f"{new.served}; headline {old.headline_source} → {new.headline_source}; {same}"
+                f"\n    {new.headline}"
             )
         return lines
 
@@ -95,6 +98,12 @@ class DemoReport:
             f"adapter v{loop.get('challenger_version')}: loss {loop.get('train_loss')}, "
             f"{loop.get('tokens_per_s')} tokens/s",
             f"gate: {loop.get('action')} — " + "; ".join(loop.get("reasons", [])),
+            "headline pass rate on held-out questions (the model's headline shown and right): "
+            + (
+                ", ".join(f"{k} {v:.2f}" for k, v in loop["headline_pass_rate"].items())
+                if loop.get("headline_pass_rate")
+                else "not measured"
+            ),
             "",
             str(loop.get("evaluation", "")),
             "",
@@ -288,6 +297,8 @@ class Demo:
                         served,
                         record.interaction_id,
                         answer.text,
+                        record.headline or "",
+                        record.headline_source or "composed",
                     )
                 )
                 self.echo(f"   [{record.route}] {question} ({served})")
@@ -341,6 +352,7 @@ class Demo:
                 )
             elif name == "adapter_evaluation":
                 loop["evaluation"] = meta["report"]
+                loop["headline_pass_rate"] = meta.get("headline_pass_rate")
             elif name == "promoted_adapter":
                 loop.update(
                     action=meta["action"],

@@ -254,7 +254,7 @@ def test_a_model_headline_that_fails_the_gate_is_refused_and_recorded(
 
 @pytest.mark.models
 def test_a_model_headline_that_passes_the_gate_is_shown_first(frozen: Settings) -> None:
-    good = "가장 바쁜 클러스터는 etl-prod이고 워커 CPU는 90.6%입니다."
+    good = "가장 바쁜 클러스터는 etl-prod이고 워커 CPU는 90.6%, 메모리는 77.4%입니다."
     with FakeVLLMServer(base_model="SmolLM2-135M-Instruct") as server:
         server.reply = good
         assistant = Assistant.open(frozen, llm_config=_fake_llm(frozen, server))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dagster_platform.agents.headline import language_of
-from dagster_platform.agents.headline_gate import MAX_CHARS, judge
+from dagster_platform.agents.headline_gate import MAX_CHARS, judge, key_facts
 
 QUESTION = "현재 클러스터 가동율 알려줘?"
 EVIDENCE = (
@@ -56,3 +56,17 @@ def test_a_third_language_is_answered_in_english() -> None:
     assert language_of("現在のクラスタの使用率は?") == "other"
     assert language_of("클러스터 상태") == "ko" and language_of("cluster status") == "en"
     assert not judge("クラスタは忙しいです 90.6%", "現在の使用率は?", "other", EVIDENCE).ok
+
+
+def test_the_model_must_say_what_the_composed_headline_leads_with() -> None:
+    composed = (
+        "가장 바쁜 클러스터는 etl-prod입니다: 워커 CPU 90.6%, 메모리 77.4% (인벤토리 스냅샷 기준)."
+    )
+    assert key_facts(composed) == ["etl-prod", "90.6", "77.4"]
+    beside = judge(
+        "analytics-prod의 워커 CPU는 46.7%입니다.", QUESTION, "ko", EVIDENCE, ["etl-prod"]
+    )
+    assert not beside.ok and "misses the answer's key facts: etl-prod" in beside.reason
+    assert not judge("가장 바쁜 곳은 etl-prod, CPU 90.6%.", QUESTION, "ko", EVIDENCE, ["77.4"]).ok
+    right = "가장 바쁜 클러스터는 etl-prod, 워커 CPU 90.6%, 메모리 77.4%입니다."
+    assert judge(right, QUESTION, "ko", EVIDENCE, key_facts(composed)).ok

@@ -52,8 +52,10 @@ def test_demo_runs_the_whole_loop(state_dir: Path, tmp_path: Path, monkeypatch) 
     assert report.feedback == {"up": 3, "corrections": 2, "unknown_interaction": 1}
     loop = report.loop
     assert loop["success"], (loop, report.steps)
-    assert loop["dataset_counts"]["source"]["correction"] == 2
-    assert loop["scrubbed"] == {"email": 1, "phone": 1}
+    # each correction teaches the answer and, with the facts it was written from, the headline
+    assert loop["dataset_counts"]["source"]["correction"] == 4
+    assert loop["dataset_counts"]["source"]["teacher"] > 0
+    assert loop["scrubbed"] == {"email": 2, "phone": 2}
     assert loop["action"] in ("promoted", "refused") and loop["reasons"]
     assert set(report.steps) >= {"simulate", "materialize platform", "fine-tune loop"}
     assert json.loads((target / SUMMARY_FILE).read_text())["loop"]["action"] == loop["action"]

@@ -22,7 +22,6 @@ from dagster_platform.agents import interactions
 from dagster_platform.agents.classifier import RouteClassifier, load_routes
 from dagster_platform.agents.entities import Entities, EntityLinker
 from dagster_platform.agents.headline import (
-    Headline,
     compose_headline,
     evidence_lines,
     headline_prompt,
@@ -45,6 +44,8 @@ from dagster_platform.lib.logs import get_logger, mask_text
 from dagster_platform.lib.warehouse import open_warehouse, table_exists
 from dagster_platform.llm.base import GenerationConfig, LLMError
 from dagster_platform.llm.service import LLMConfig, LLMService, get_service
+from dagster_platform.ontology.actions import ACTION_LOG, list_actions
+from dagster_platform.ontology.objects import read_object
 from dagster_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -257,10 +258,11 @@ class Assistant:
         actions: list[SessionAction] = []
         if self.settings.warehouse_path.exists():
             with open_warehouse(self.settings.warehouse_path, read_only=True) as conn:
-                if table_exists(conn, interactions.TABLE):
-                    history = interactions.session_subjects(conn, session_id)
-                    ids = interactions.session_action_ids(conn, session_id)
-                    actions = _session_actions(conn, ids)
+                earlier = interactions.read(conn, session_id=session_id, limit=20)
+                history = [i.subjects for i in earlier if i.subjects]
+                proposed = {a for i in earlier for a in i.proposed_actions}
+                if proposed and table_exists(conn, ACTION_LOG):
+                    actions = self._session_actions(conn, proposed)
         return Turn(
             "",
             question,
@@ -270,6 +272,25 @@ class Assistant:
             known_clusters=frozenset(linker.clusters),
             actions=actions,
         )
+
+    def _session_actions(self, conn: Any, proposed: set[str]) -> list[SessionAction]:
+        """The session's proposals as they stand now, newest change first, each with the
+        cluster of its target ("did it drop?" is about that cluster)."""
+        loaded = self.tools.ontology()
+        found = []
+        for action in list_actions(conn):
+            if action.action_id in proposed:
+                target = read_object(conn, loaded, action.target_type, action.target_key) or {}
+                found.append(
+                    SessionAction(
+                        action.action_id,
+                        action.target_key,
+                        action.status,
+                        action.updated_at,
+                        target.get("cluster_id"),
+                    )
+                )
+        return found
 
     def _planner(self) -> RulePlanner | LLMPlanner:
         if self.config.planner == "llm" and self.llm is not None:
@@ -308,7 +329,7 @@ class Assistant:
     def _headline(
         self,
         question: str,
-        composed: Headline,
+        composed: str,
         results: list[ToolResult],
         record: Interaction,
         llm_errors: list[str],
@@ -317,10 +338,10 @@ class Assistant:
         evidence = evidence_lines(results)
         record.language = language_of(question)
         record.evidence = evidence
-        record.headline, record.headline_source = composed.text, "composed"
+        record.headline, record.headline_source = composed, "composed"
         ok = [r for r in results if r.ok and (r.facts or r.contexts)]
         if self.llm is None or not ok:
-            return composed.text, []
+            return composed, []
         try:
             completion = self.llm.client.chat(
                 headline_prompt(question, evidence),
@@ -328,52 +349,29 @@ class Assistant:
             )
         except LLMError as exc:
             llm_errors.append(f"headline not generated: {exc}")
-            return composed.text, [
+            return composed, [
                 "(The language model is unavailable: the headline is composed from the facts.)"
             ]
         record.model_headline = completion.text.strip()
         support = "\n".join(
             [
-                composed.text,
+                composed,
                 *(f for r in ok for f in r.facts),
                 *(c.text for r in ok for c in r.contexts),
             ]
         )
         verdict: Verdict = judge(
-            record.model_headline, question, record.language, support, key_facts(composed.text)
+            record.model_headline, question, record.language, support, key_facts(composed)
         )
         if not verdict.ok:
             record.headline_refused = verdict.reason
-            return composed.text, []
+            return composed, []
         record.headline, record.headline_source = record.model_headline, "model"
         return record.model_headline, []
 
     def _save(self, record: Interaction) -> None:
         with open_warehouse(self.settings.warehouse_path) as conn:
             interactions.record(conn, record)
-
-
-def _session_actions(conn: Any, action_ids: list[str]) -> list[SessionAction]:
-    """The session's proposed actions as they stand now, newest change first, each with the
-    cluster of its target job."""
-    if not action_ids or not table_exists(conn, "action_status"):
-        return []
-    jobs = " UNION ALL ".join(
-        f"SELECT application_id, cluster_id FROM {table}"
-        for table in ("spark_job_state", "spark_jobs")
-        if table_exists(conn, table)
-    )
-    cluster = (
-        f"(SELECT any_value(j.cluster_id) FROM ({jobs}) j WHERE j.application_id = a.target_key)"
-        if jobs
-        else "NULL"
-    )
-    rows = conn.execute(
-        f"SELECT action_id, target_key, status, updated_at, {cluster} FROM action_status a "
-        "WHERE list_contains($ids, action_id) ORDER BY updated_at DESC",
-        {"ids": action_ids},
-    ).fetchall()
-    return [SessionAction(*row) for row in rows]
 
 
 QUEUE_WORD = re.compile(r"\bqueues?\b|큐", re.IGNORECASE)
@@ -387,24 +385,22 @@ def names_spark_work(
     YARN's, so an infra answer to a question about them is too."""
     spark = entities.applications or entities.job_names or entities.queues or entities.users
     if decision.route == "infra" and not entities.hosts and QUEUE_WORD.search(question):
-        return RouteDecision(
-            "data",
-            "entities",
-            decision.classification,
-            decision.llm_label,
-            decision.llm_probabilities,
-            reason=f"asks about YARN queues; the router said {decision.route}",
-        )
+        return _to_data(decision, "asks about YARN queues")
     if decision.route == "data" or not spark or entities.hosts or decision.classification.decisive:
         return decision
     named = (entities.applications + entities.job_names + entities.queues + entities.users)[0]
+    return _to_data(decision, f"names Spark work ({named})")
+
+
+def _to_data(decision: RouteDecision, why: str) -> RouteDecision:
+    """The decision handed to the data agent, saying why and what the router said."""
     return RouteDecision(
         "data",
         "entities",
         decision.classification,
         decision.llm_label,
         decision.llm_probabilities,
-        reason=f"names Spark work ({named}); the router said {decision.route}",
+        reason=f"{why}; the router said {decision.route}",
     )
 
 

@@ -117,9 +117,11 @@ _PLURAL = re.compile(
 )
 # Names shaped like the inventory's keys that it does not hold: the tool they reach says
 # which names exist, instead of an answer about everything.
+HOST_SHAPE = r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*-(?:worker|master|edge|kafka)-?\d+"
+CLUSTER_SHAPE = r"[a-z][a-z0-9]*-(?:prod|prd|stage|staging|stg|dev|test|qa)"
 _UNKNOWN_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("hosts", re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*-(?:worker|master|edge|kafka)-?\d+")),
-    ("clusters", re.compile(r"[a-z][a-z0-9]*-(?:prod|prd|stage|staging|stg|dev|test|qa)")),
+    ("hosts", re.compile(HOST_SHAPE)),
+    ("clusters", re.compile(CLUSTER_SHAPE)),
     ("jobs", re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")),
 )
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%", re.ASCII)

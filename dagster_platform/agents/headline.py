@@ -64,6 +64,12 @@ _KIND_KO = {
     "status": "상태",
 }
 _METRIC = {"cpu": ("CPU", "CPU"), "memory": ("memory", "메모리"), "disk": ("disk", "디스크")}
+
+
+def _label(ask: _Ask, metric: str) -> str:
+    return _METRIC[metric][1 if ask.ko else 0]
+
+
 _ROLE_KO = {"worker": "워커", "master": "마스터", "edge": "엣지", "kafka": "카프카"}
 
 
@@ -115,12 +121,6 @@ def language_of(text: str) -> Language:
 
 
 @dataclass(frozen=True)
-class Headline:
-    text: str
-    kind: str  # the composer that wrote it: utilisation, drop, hosts, jobs, kill, guide, ...
-
-
-@dataclass(frozen=True)
 class _Ask:
     """The question as the composers read it."""
 
@@ -138,84 +138,69 @@ def compose_headline(
     entities: Entities,
     results: Sequence[ToolResult],
     action: SessionAction | None = None,
-) -> Headline:
+) -> str:
     """The headline for the tools' results; `action` is the session's latest decided action
     (what "did it drop?" compares against)."""
     language = language_of(question)
     ask = _Ask(question, language == "ko", entities, action)
     headline = _compose(ask, results)
     if language == "other":
-        note = "(I answer in Korean or English; this answer is in English.) "
-        return Headline(note + headline.text, headline.kind)
+        return f"(I answer in Korean or English; this answer is in English.) {headline}"
     return headline
 
 
-def _compose(ask: _Ask, results: Sequence[ToolResult]) -> Headline:
+def _compose(ask: _Ask, results: Sequence[ToolResult]) -> str:
     failed = [r for r in results if not r.ok]
     unknown = next((r.details["unknown"] for r in failed if "unknown" in r.details), None)
     if unknown is not None:
-        return Headline(_unknown(ask, unknown), "unknown")
+        return _unknown(ask, unknown)
     ok = {r.tool: r for r in results if r.ok}
     kill = next((r for r in results if r.tool == data.PROPOSE_KILL.name), None)
     if kill is not None:
-        return Headline(_kill(ask, kill), "kill")
+        return _kill(ask, kill)
     if data.SPARK_JOB_DETAILS.name in ok:
-        return Headline(_job_details(ask, ok[data.SPARK_JOB_DETAILS.name]), "job")
+        return _job_details(ask, ok[data.SPARK_JOB_DETAILS.name])
     jobs = ok.get(data.FIND_SPARK_JOBS.name) or ok.get(data.TOP_SPARK_JOBS.name)
     if jobs is not None:
-        return Headline(_jobs(ask, jobs), "jobs")
+        return _jobs(ask, jobs)
     utilisation = ok.get(infra.CLUSTER_UTILISATION.name)
     if infra.FIND_HOSTS.name in ok:
         text = _hosts(ask, ok[infra.FIND_HOSTS.name])
         if utilisation is not None and CAPACITY.search(ask.question):
             text = f"{_capacity(ask, utilisation.rows[0])} {text}"
-        return Headline(text, "hosts")
+        return text
     if utilisation is not None:
         if DROP.search(ask.question):
-            return Headline(_drop(ask, utilisation), "drop")
-        return Headline(_utilisation(ask, utilisation), "utilisation")
+            return _drop(ask, utilisation)
+        return _utilisation(ask, utilisation)
     if infra.ONTOLOGY_NEIGHBOURS.name in ok:
-        return Headline(_neighbours(ask, ok[infra.ONTOLOGY_NEIGHBOURS.name]), "neighbours")
+        return _neighbours(ask, ok[infra.ONTOLOGY_NEIGHBOURS.name])
     searches = [ok[t.name] for t in guide.AGENT.tools if t.name in ok]
     if any(r.rows for r in searches):
-        return Headline(_guide(ask, searches), "guide")
+        return _guide(ask, searches)
     if searches:
-        return Headline(
-            ask.say(
-                "질문에 맞는 런북이나 과거 장애를 찾지 못했습니다: 증상, 오류 메시지나 "
-                "구성 요소 이름으로 다시 물어 주세요.",
-                "No runbook or past incident matches the question: ask again with the symptom, "
-                "the error message or the component's name.",
-            ),
-            "guide",
+        return ask.say(
+            "질문에 맞는 런북이나 과거 장애를 찾지 못했습니다: 증상, 오류 메시지나 "
+            "구성 요소 이름으로 다시 물어 주세요.",
+            "No runbook or past incident matches the question: ask again with the symptom, "
+            "the error message or the component's name.",
         )
     if failed:
         first = failed[0]
         reason = (first.error or first.summary).splitlines()[0]
-        return Headline(
-            ask.say(
-                f"{first.tool} 조회에 실패했습니다: {reason}",
-                f"I could not get {first.tool}: {reason}",
-            ),
-            "failure",
+        return ask.say(
+            f"{first.tool} 조회에 실패했습니다: {reason}",
+            f"I could not get {first.tool}: {reason}",
         )
     if KILL.search(ask.question):
-        return Headline(
-            ask.say(
-                "어떤 잡을 종료할지 알 수 없습니다: 애플리케이션 ID를 적거나 먼저 상위 잡을 "
-                "조회해 주세요.",
-                "Which jobs? Name the Spark application ids to kill, or ask for the top jobs "
-                "first.",
-            ),
-            "kill",
+        return ask.say(
+            "어떤 잡을 종료할지 알 수 없습니다: 애플리케이션 ID를 적거나 먼저 상위 잡을 "
+            "조회해 주세요.",
+            "Which jobs? Name the Spark application ids to kill, or ask for the top jobs first.",
         )
-    return Headline(
-        ask.say(
-            "무엇을 조회할지 알 수 없습니다: 클러스터, 호스트 또는 Spark 애플리케이션을 지정해 "
-            "주세요.",
-            "I could not tell what to look up: name a cluster, host or Spark application.",
-        ),
-        "nothing",
+    return ask.say(
+        "무엇을 조회할지 알 수 없습니다: 클러스터, 호스트 또는 Spark 애플리케이션을 지정해 주세요.",
+        "I could not tell what to look up: name a cluster, host or Spark application.",
     )
 
 
@@ -295,30 +280,36 @@ def _kill(ask: _Ask, result: ToolResult) -> str:
 # --- jobs ------------------------------------------------------------------------------------
 
 
+# each filter of a job search as the scope names it, Korean and English, in each one's order
+_SCOPE_KO = (
+    ("cluster_id", "{}의"),
+    ("queue", "{} 큐의"),
+    ("user", "{} 사용자의"),
+    ("name", "이름에 '{}'이(가) 들어간"),
+    ("driver_host", "드라이버가 {}에 있는"),
+    ("since_hours", "최근 {}시간"),
+)
+_SCOPE_EN = (
+    ("name", "named like '{}'"),
+    ("cluster_id", "on {}"),
+    ("queue", "in queue {}"),
+    ("user", "of user {}"),
+    ("driver_host", "with the driver on {}"),
+    ("since_hours", "in the last {} h"),
+)
+
+
 def _job_scope(ask: _Ask, arguments: Mapping[str, Any]) -> str:
     states = arguments.get("state") or []
     state = states if isinstance(states, str) else "/".join(states)
-    if ask.ko:
-        parts = [
-            arguments.get("cluster_id") and f"{arguments['cluster_id']}의",
-            arguments.get("queue") and f"{arguments['queue']} 큐의",
-            arguments.get("user") and f"{arguments['user']} 사용자의",
-            arguments.get("name") and f"이름에 '{arguments['name']}'이(가) 들어간",
-            arguments.get("driver_host") and f"드라이버가 {arguments['driver_host']}에 있는",
-            arguments.get("since_hours") and f"최근 {_num(arguments['since_hours'])}시간",
-            f"{state} 잡" if state else "잡",
-        ]
-        return " ".join(p for p in parts if p)
-    parts = [
-        f"{state} Spark jobs" if state else "Spark jobs",
-        arguments.get("name") and f"named like '{arguments['name']}'",
-        arguments.get("cluster_id") and f"on {arguments['cluster_id']}",
-        arguments.get("queue") and f"in queue {arguments['queue']}",
-        arguments.get("user") and f"of user {arguments['user']}",
-        arguments.get("driver_host") and f"with the driver on {arguments['driver_host']}",
-        arguments.get("since_hours") and f"in the last {_num(arguments['since_hours'])} h",
+    filters = [
+        template.format(_num(value) if key == "since_hours" else value)
+        for key, template in (_SCOPE_KO if ask.ko else _SCOPE_EN)
+        if (value := arguments.get(key))
     ]
-    return " ".join(p for p in parts if p)
+    if ask.ko:
+        return " ".join([*filters, f"{state} 잡" if state else "잡"])
+    return " ".join([f"{state} Spark jobs" if state else "Spark jobs", *filters])
 
 
 def _singular(scope: str) -> str:
@@ -475,7 +466,7 @@ def _host_scope(ask: _Ask, arguments: Mapping[str, Any]) -> str:
     role = arguments.get("role")
     status = (arguments.get("status") or "").replace("_", " ")
     thresholds = [
-        (_METRIC[m][1 if ask.ko else 0], arguments[f"min_{m}_pct"])
+        (_label(ask, m), arguments[f"min_{m}_pct"])
         for m in ("cpu", "memory", "disk")
         if arguments.get(f"min_{m}_pct") is not None
     ]
@@ -498,11 +489,10 @@ def _host_scope(ask: _Ask, arguments: Mapping[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _host_line(r: Mapping[str, Any], metric: str, ko: bool) -> str:
+def _host_line(ask: _Ask, r: Mapping[str, Any], metric: str) -> str:
     status = r.get("status")
     tail = f", {status}" if status and status != "healthy" else ""
-    label = _METRIC[metric][1 if ko else 0]
-    return f"{r['host_id']} ({label} {_pct(r.get(f'{metric}_pct'))}{tail})"
+    return f"{r['host_id']} ({_label(ask, metric)} {_pct(r.get(f'{metric}_pct'))}{tail})"
 
 
 def _hosts(ask: _Ask, result: ToolResult) -> str:
@@ -521,14 +511,14 @@ def _hosts(ask: _Ask, result: ToolResult) -> str:
     matching = result.details.get("matching", len(rows))
     if len(rows) == 1 and ask.entities.top_n == 1:
         r = rows[0]
-        label = _METRIC[metric][1 if ko else 0]
+        label = _label(ask, metric)
         return ask.say(
             f"{scope} 중 {label}가 가장 높은 곳은 {r['host_id']}입니다: "
             f"{_pct(r.get(f'{metric}_pct'))} ({when}).",
             f"Among {scope}, {r['host_id']} has the highest {label}: "
             f"{_pct(r.get(f'{metric}_pct'))} ({when}).",
         )
-    listed = _listed([_host_line(r, metric, ko) for r in rows], matching, ko)
+    listed = _listed([_host_line(ask, r, metric) for r in rows], matching, ko)
     return ask.say(
         f"{'네, ' if yes_no else ''}{scope} {matching}대: {listed} ({when}).",
         f"{'Yes: ' if yes_no else ''}{matching} {scope}: {listed} ({when}).",
@@ -536,9 +526,8 @@ def _hosts(ask: _Ask, result: ToolResult) -> str:
 
 
 def _one_host(ask: _Ask, r: Mapping[str, Any], metric: str, when: str) -> str:
-    ko = ask.ko
     order = [metric, *(m for m in ("cpu", "memory", "disk") if m != metric)]
-    values = [f"{_METRIC[m][1 if ko else 0]} {_pct(r.get(f'{m}_pct'))}" for m in order]
+    values = [f"{_label(ask, m)} {_pct(r.get(f'{m}_pct'))}" for m in order]
     threshold = ask.entities.threshold_pct
     status = r.get("status") or "?"
     if threshold is not None and r.get(f"{metric}_pct") is not None:
@@ -548,9 +537,9 @@ def _one_host(ask: _Ask, r: Mapping[str, Any], metric: str, when: str) -> str:
         side_en = "under" if value < threshold else ("still above" if under else "above")
         side_ko = "미만" if value < threshold else "이상"
         return ask.say(
-            f"{'네' if met else '아니요'}, {r['host_id']}의 {_METRIC[metric][1]}는 "
+            f"{'네' if met else '아니요'}, {r['host_id']}의 {_label(ask, metric)}는 "
             f"{_pct(value)}로 {threshold:g}% {side_ko}입니다 (상태 {status}, {when}).",
-            f"{'Yes' if met else 'No'}: {r['host_id']}'s {_METRIC[metric][0]} is "
+            f"{'Yes' if met else 'No'}: {r['host_id']}'s {_label(ask, metric)} is "
             f"{_pct(value)}, {side_en} {threshold:g}% ({status}, {when}).",
         )
     return ask.say(
@@ -562,22 +551,14 @@ def _one_host(ask: _Ask, r: Mapping[str, Any], metric: str, when: str) -> str:
 # --- clusters --------------------------------------------------------------------------------
 
 
-def _figure(row: Mapping[str, Any], ko: bool) -> str:
+def _figure(ask: _Ask, row: Mapping[str, Any]) -> str:
+    """The cluster's utilisation as operators mean it: the workers' mean where known."""
+    memory = _label(ask, "memory")
     if row.get("workers_cpu_pct") is not None:
-        return (
-            _t(ko, "워커 CPU", "workers' CPU")
-            + f" {_pct(row['workers_cpu_pct'])}, "
-            + (_t(ko, "메모리", "memory") + f" {_pct(row.get('workers_memory_pct'))}")
-        )
-    return (
-        f"CPU {_pct(row.get('cpu_pct'))}, "
-        + _t(ko, "메모리", "memory")
-        + (f" {_pct(row.get('memory_pct'))}")
-    )
-
-
-def _t(ko: bool, korean: str, english: str) -> str:
-    return korean if ko else english
+        cpu = ask.say("워커 CPU", "workers' CPU")
+        workers_memory = _pct(row.get("workers_memory_pct"))
+        return f"{cpu} {_pct(row['workers_cpu_pct'])}, {memory} {workers_memory}"
+    return f"CPU {_pct(row.get('cpu_pct'))}, {memory} {_pct(row.get('memory_pct'))}"
 
 
 def _main_cpu(row: Mapping[str, Any]) -> float | None:
@@ -606,17 +587,17 @@ def _utilisation(ask: _Ask, result: ToolResult) -> str:
     if named or len(rows) == 1:
         parts.append(
             ask.say(
-                f"{top['cluster_id']}의 사용률은 {_figure(top, ko)}입니다 ({when}).",
-                f"{top['cluster_id']}: {_figure(top, ko)} ({when}).",
+                f"{top['cluster_id']}의 사용률은 {_figure(ask, top)}입니다 ({when}).",
+                f"{top['cluster_id']}: {_figure(ask, top)} ({when}).",
             )
         )
     else:
         others = ", ".join(f"{r['cluster_id']} {_pct(_main_cpu(r))}" for r in rows[1:])
         parts.append(
             ask.say(
-                f"가장 바쁜 클러스터는 {top['cluster_id']}입니다: {_figure(top, ko)} ({when})."
+                f"가장 바쁜 클러스터는 {top['cluster_id']}입니다: {_figure(ask, top)} ({when})."
                 + (f" 그 밖에 {others}." if others else ""),
-                f"{top['cluster_id']} is the busiest cluster: {_figure(top, ko)} ({when})"
+                f"{top['cluster_id']} is the busiest cluster: {_figure(ask, top)} ({when})"
                 + (f"; {others}." if others else "."),
             )
         )
@@ -645,7 +626,7 @@ def _drop(ask: _Ask, result: ToolResult) -> str:
     if row.get("before_bucket") is not None:
         before = row.get("workers_cpu_before_pct")
         now = row.get("workers_cpu_pct")
-        label = _t(ko, "워커 CPU", "workers' CPU")
+        label = ask.say("워커 CPU", "workers' CPU")
         if before is None or now is None:
             before, now, label = row.get("cpu_before_pct"), row.get("cpu_pct"), "CPU"
         change = (now or 0.0) - (before or 0.0)
@@ -688,9 +669,9 @@ def _drop(ask: _Ask, result: ToolResult) -> str:
         )
     return ask.say(
         f"아직 판단할 수 없습니다: {cid}에는 수집된 지표가 없고 인벤토리 스냅샷"
-        f"({_figure(row, ko)})만 있습니다.{ran}",
+        f"({_figure(ask, row)})만 있습니다.{ran}",
         f"Cannot tell yet: {cid} has no landed metrics, only the inventory snapshot "
-        f"({_figure(row, ko)}).{ran}",
+        f"({_figure(ask, row)}).{ran}",
     )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
+from dagster_platform.agents.entities import CLUSTER_SHAPE, HOST_SHAPE
 from dagster_platform.agents.headline import Language
 
 MAX_CHARS = 400
@@ -23,8 +24,8 @@ MAX_SENTENCES = 3
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)?")
 # ids an answer names: applications, actions, incidents, runbooks, hosts and clusters
 IDS = re.compile(
-    r"application_\d+_\d+|act-[0-9a-f]{6,}|INC-\d{4}-\d+|rb-[a-z0-9-]+|"
-    r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*-(?:prod|staging|stg|dev)(?:-[a-z]+-\d+)?",
+    rf"application_\d+_\d+|act-[0-9a-f]{{6,}}|INC-\d{{4}}-\d+|rb-[a-z0-9-]+|{HOST_SHAPE}|"
+    rf"{CLUSTER_SHAPE}"
 )
 _SENTENCE = re.compile(r"(?<=[.!?。])\s+|\n+")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")

@@ -2,7 +2,8 @@
 arguments, what grounded it, what the model (and adapter version) said, and how long it took.
 
 The rows are the memory of a session (a follow-up resolves against the previous turn's
-subjects) and the raw material of the fine-tuning loop (rated answers become training data).
+subjects, "did it drop?" against the session's proposals) and the raw material of the
+fine-tuning loop (rated answers become training data).
 """
 
 from __future__ import annotations
@@ -152,14 +153,3 @@ def read(
     )
     columns = [d[0] for d in result.description]
     return [_from_row(columns, values) for values in result.fetchall()]
-
-
-def session_subjects(conn: duckdb.DuckDBPyConnection, session_id: str) -> list[list[str]]:
-    """The subjects of the session's earlier turns, newest first: "of these" refers to the
-    latest turn about that kind of object (a guide answer may sit in between)."""
-    return [i.subjects for i in read(conn, session_id=session_id, limit=20) if i.subjects]
-
-
-def session_action_ids(conn: duckdb.DuckDBPyConnection, session_id: str) -> list[str]:
-    """The actions the session's turns proposed, newest turn first."""
-    return [a for i in read(conn, session_id=session_id, limit=20) for a in i.proposed_actions]

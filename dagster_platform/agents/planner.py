@@ -205,13 +205,19 @@ def _drop_none(arguments: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in arguments.items() if v is not None and v != []}
 
 
+def _one_host(e: Entities) -> str | None:
+    """The host a question is about: the one it names, or a name shaped like a host that
+    nothing holds (the tool then says so)."""
+    if len(e.hosts) == 1:
+        return e.hosts[0]
+    return e.unknown_hosts[0] if not e.hosts and e.unknown_hosts else None
+
+
 def _host_arguments(e: Entities, cluster: str | None) -> dict[str, Any]:
     metric = e.metric or "cpu"
     arguments: dict[str, Any] = {
         "cluster_id": cluster,
-        "host_id": e.hosts[0]
-        if len(e.hosts) == 1
-        else (e.unknown_hosts[0] if not e.hosts and e.unknown_hosts else None),
+        "host_id": _one_host(e),
         "role": e.roles[0] if e.roles else None,
         "rack": e.racks[0] if e.racks else None,
         "status": e.host_status,

@@ -130,7 +130,7 @@ def teacher_pairs(
         if not results or failed:
             skipped["teacher_lookup_failed"] += 1
             continue
-        headline = compose_headline(question, turn.entities, results).text
+        headline = compose_headline(question, turn.entities, results)
         pairs.append(TeacherPair(question, evidence_lines(results), headline))
     log.info("teacher pairs", extra={"pairs": len(pairs), "skipped": dict(skipped)})
     return pairs, skipped

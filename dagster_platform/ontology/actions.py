@@ -25,6 +25,7 @@ from typing import Any, Literal, NoReturn, get_args
 import duckdb
 
 from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.warehouse import table_exists
 from dagster_platform.ontology.effects import EFFECT_TIMEOUT_S, EffectFailed, run_effect
 from dagster_platform.ontology.loader import LoadedOntology
 from dagster_platform.ontology.objects import read_object
@@ -146,6 +147,10 @@ class ActionStatus:
 
 
 def ensure_action_log(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the log and its status view where they are missing; where they exist nothing is
+    executed, so a read-only connection can list and show actions."""
+    if table_exists(conn, ACTION_LOG) and table_exists(conn, ACTION_STATUS):
+        return
     for statement in _DDL:
         conn.execute(statement)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dagster_platform.agents.assistant import Assistant
+from dagster_platform.agents.assistant import Answer, Assistant
 from dagster_platform.agents.entities import Entities
 from dagster_platform.agents.frozen import build_frozen_state
 from dagster_platform.agents.headline import compose_headline, language_of
@@ -195,9 +195,21 @@ def test_did_it_drop_compares_the_sessions_cluster_before_the_action_and_now(
     assert call.arguments == {"cluster_id": "etl-prod", "compare_with": kill_at.isoformat()}
     result = TOOLS[call.tool].call(ToolContext(frozen), call.arguments)
     assert result.ok, result.error
-    headline = compose_headline(question, turn.entities, [result], action).text
+    headline = compose_headline(question, turn.entities, [result], action)
     assert headline.startswith("네, 떨어졌습니다. etl-prod")
     assert "82.0%" in headline and "33.0%" in headline and "act-0123456789ab" in headline
+
+
+def _ask_a_model_that_says(frozen: Settings, reply: str) -> Answer:
+    """The seed's first question, served by a FAKE vLLM whose every chat answer is `reply`:
+    a model misbehaving on demand, which the real server cannot be made to do."""
+    with FakeVLLMServer(base_model="SmolLM2-135M-Instruct") as server:
+        server.reply = reply
+        assistant = Assistant.open(frozen, llm_config=_fake_llm(frozen, server))
+        try:
+            return assistant.ask("현재 클러스터 가동율 알려줘?")
+        finally:
+            assistant.close()
 
 
 def _fake_llm(frozen: Settings, server: FakeVLLMServer) -> LLMConfig:
@@ -231,13 +243,7 @@ def _fake_llm(frozen: Settings, server: FakeVLLMServer) -> LLMConfig:
 def test_a_model_headline_that_fails_the_gate_is_refused_and_recorded(
     frozen: Settings, reply: str, refused: str
 ) -> None:
-    with FakeVLLMServer(base_model="SmolLM2-135M-Instruct") as server:
-        server.reply = reply
-        assistant = Assistant.open(frozen, llm_config=_fake_llm(frozen, server))
-        try:
-            answer = assistant.ask("현재 클러스터 가동율 알려줘?")
-        finally:
-            assistant.close()
+    answer = _ask_a_model_that_says(frozen, reply)
     record = answer.interaction
     assert record.headline_source == "composed"
     assert record.model_headline == reply
@@ -255,13 +261,7 @@ def test_a_model_headline_that_fails_the_gate_is_refused_and_recorded(
 @pytest.mark.models
 def test_a_model_headline_that_passes_the_gate_is_shown_first(frozen: Settings) -> None:
     good = "가장 바쁜 클러스터는 etl-prod이고 워커 CPU는 90.6%, 메모리는 77.4%입니다."
-    with FakeVLLMServer(base_model="SmolLM2-135M-Instruct") as server:
-        server.reply = good
-        assistant = Assistant.open(frozen, llm_config=_fake_llm(frozen, server))
-        try:
-            answer = assistant.ask("현재 클러스터 가동율 알려줘?")
-        finally:
-            assistant.close()
+    answer = _ask_a_model_that_says(frozen, good)
     assert answer.interaction.headline_source == "model"
     assert answer.interaction.headline_refused is None
     assert answer.text.startswith(good)

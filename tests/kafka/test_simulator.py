@@ -18,7 +18,6 @@ from dagster_platform.cli import app
 from dagster_platform.kafka.broker import EmbeddedBroker, free_port
 from dagster_platform.kafka.events import (
     ACTIONS_TOPIC,
-    ActionCommandV1,
     AlertV1,
     HostMetricV1,
     SparkJobEventV1,
@@ -27,6 +26,7 @@ from dagster_platform.kafka.events import (
 from dagster_platform.kafka.publisher import run_producer
 from dagster_platform.kafka.simulator import ClusterSimulator, Outgoing
 from dagster_platform.kafka.topics import KafkaUnavailable
+from tests.support.scenario import kill_command
 from tests.support.state import SAMPLE_DIR
 
 TOP_TWO = ("application_1794712500000_0488", "application_1794712500000_0492")
@@ -60,19 +60,6 @@ def _job_states(out: list[Outgoing], application_id: str) -> list[str]:
         for o in out
         if isinstance(o.event, SparkJobEventV1) and o.event.application_id == application_id
     ]
-
-
-def _kill(application_id: str, cluster_id: str = "etl-prod") -> ActionCommandV1:
-    return ActionCommandV1(
-        event_id=f"cmd-{application_id}",
-        ts=datetime(2026, 11, 20, 9, 5, tzinfo=UTC),
-        action_id=f"act-{application_id}",
-        action="kill_spark_job",
-        cluster_id=cluster_id,
-        target_id=application_id,
-        requested_by="infra-agent",
-        approved_by="oncall",
-    )
 
 
 def _run(simulator: ClusterSimulator, ticks: int) -> list[list[Outgoing]]:
@@ -120,7 +107,7 @@ def test_a_cpu_spike_raises_one_alert_until_the_cluster_recovers() -> None:
     [alert] = _alerts(flat, "cluster_cpu_high", "analytics-prod")
     assert alert.value > 85.0 and runaway in alert.message
 
-    assert simulator.apply_action(_kill(runaway, "analytics-prod"))
+    assert simulator.apply_action(kill_command(runaway, "analytics-prod"))
     recovered = _run(simulator, 3)
     assert _job_states(recovered[0], runaway) == ["KILLED"]
     assert _worker_cpu(recovered[-1], "analytics-prod") < 80
@@ -134,16 +121,16 @@ def test_a_cpu_spike_raises_one_alert_until_the_cluster_recovers() -> None:
 def test_killing_the_top_two_jobs_brings_etl_prod_down() -> None:
     simulator = ClusterSimulator(SAMPLE_DIR)
     simulator.tick()
-    assert all(simulator.apply_action(_kill(job)) for job in TOP_TWO)
-    assert not simulator.apply_action(_kill(TOP_TWO[0]))  # already being killed
-    assert not simulator.apply_action(_kill("application_1794712500000_9999"))
-    assert not simulator.apply_action(_kill(TOP_TWO[0], "staging"))  # wrong cluster
+    assert all(simulator.apply_action(kill_command(job)) for job in TOP_TWO)
+    assert not simulator.apply_action(kill_command(TOP_TWO[0]))  # already being killed
+    assert not simulator.apply_action(kill_command("application_1794712500000_9999"))
+    assert not simulator.apply_action(kill_command(TOP_TWO[0], "staging"))  # wrong cluster
     after = _run(simulator, 5)
     for job in TOP_TWO:
         assert _job_states(after[0], job) == ["KILLED"]
         assert all(not _job_states(tick, job) for tick in after[1:])
     assert all(_worker_cpu(tick) < 80 for tick in after)
-    assert not simulator.apply_action(_kill(TOP_TWO[1]))  # gone
+    assert not simulator.apply_action(kill_command(TOP_TWO[1]))  # gone
 
 
 def test_a_full_disk_raises_one_host_alert() -> None:
@@ -276,8 +263,8 @@ def test_a_kill_command_on_ops_actions_is_applied(kafka_broker: EmbeddedBroker) 
         assert _read_run(servers, before, "2031-03-01", bool), "the simulator published nothing"
         producer = Producer({"bootstrap.servers": servers})
         producer.produce(ACTIONS_TOPIC, b"not a command")
-        producer.produce(ACTIONS_TOPIC, encode(_kill("application_1794712500000_9999")))
-        producer.produce(ACTIONS_TOPIC, encode(_kill(TOP_TWO[0])))
+        producer.produce(ACTIONS_TOPIC, encode(kill_command("application_1794712500000_9999")))
+        producer.produce(ACTIONS_TOPIC, encode(kill_command(TOP_TWO[0])))
         assert producer.flush(10) == 0
 
         def killed(found: list[tuple[str, bytes]]) -> bool:

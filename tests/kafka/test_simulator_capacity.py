@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from dagster_platform.kafka.events import ActionCommandV1, SparkJobEventV1
+from dagster_platform.kafka.events import SparkJobEventV1
 from dagster_platform.kafka.simulator import ClusterSimulator, Outgoing
+from tests.support.scenario import kill_command
 from tests.support.state import SAMPLE_DIR
 
 TOP_TWO = ("application_1794712500000_0488", "application_1794712500000_0492")
@@ -20,19 +20,6 @@ CAPACITY = {
     r["cluster_id"]: (r["total_vcores"], r["total_memory_gb"])
     for r in pl.read_csv(SAMPLE_DIR / "clusters.csv").iter_rows(named=True)
 }
-
-
-def _kill(application_id: str, cluster_id: str = "etl-prod") -> ActionCommandV1:
-    return ActionCommandV1(
-        event_id=f"cmd-{application_id}",
-        ts=datetime(2026, 11, 20, 9, 5, tzinfo=UTC),
-        action_id=f"act-{application_id}",
-        action="kill_spark_job",
-        cluster_id=cluster_id,
-        target_id=application_id,
-        requested_by="infra-agent",
-        approved_by="oncall",
-    )
 
 
 class Yarn:
@@ -113,14 +100,14 @@ def test_a_runaway_takes_what_is_left_then_waits_accepted_until_a_kill_frees_roo
     assert 0 < yarn.running[first].vcores <= free_vcores
     waiting = next(e for e in events if e.application_id == second)
     assert (waiting.vcores, waiting.cpu_share_pct) == (4, 0.0)
-    assert simulator.apply_action(_kill(TOP_TWO[0]))
+    assert simulator.apply_action(kill_command(TOP_TWO[0]))
     events = yarn.follow(simulator.tick())
     assert [e.state for e in events if e.application_id == second] == ["RUNNING"]
     assert [e.state for e in events if e.application_id == TOP_TWO[0]] == ["KILLED"]
     yarn.assert_within_capacity()
 
 
-def test_an_arrival_on_a_full_cluster_waits_and_starts_after_a_kill() -> None:
+def test_an_arrival_on_a_full_cluster_waits_and_starts_after_akill_command() -> None:
     simulator = ClusterSimulator(SAMPLE_DIR)
     yarn = Yarn()
     simulator.inject_incident("cpu-spike")  # takes what etl-prod has left
@@ -130,7 +117,7 @@ def test_an_arrival_on_a_full_cluster_waits_and_starts_after_a_kill() -> None:
             break
     [waiting, *_] = yarn.waiting["etl-prod"]
     assert waiting not in yarn.running
-    assert all(simulator.apply_action(_kill(job)) for job in TOP_TWO)
+    assert all(simulator.apply_action(kill_command(job)) for job in TOP_TWO)
     events = yarn.follow(simulator.tick())
     assert [e.state for e in events if e.application_id in TOP_TWO] == ["KILLED", "KILLED"]
     assert [e.state for e in events if e.application_id == waiting] == ["RUNNING"]
@@ -146,7 +133,7 @@ def test_a_waiting_job_can_be_killed() -> None:
     waiting = simulator.inject_incident("cpu-spike")
     yarn.follow(simulator.tick())
     assert yarn.waiting["etl-prod"] == [waiting]
-    assert simulator.apply_action(_kill(waiting))
+    assert simulator.apply_action(kill_command(waiting))
     events = yarn.follow(simulator.tick())
     [killed] = [e for e in events if e.application_id == waiting]
     assert (killed.state, killed.cpu_share_pct) == ("KILLED", 0.0)

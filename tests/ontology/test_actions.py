@@ -546,3 +546,14 @@ def test_the_cli_proposes_approves_and_shows_the_trail(
     assert unknown_user.exit_code == 1 and "unknown user 'mallory'" in unknown_user.output
     bad_param = run("propose", "kill_spark_job", TOP_JOB, "--by", "bob", "--why", WHY)
     assert bad_param.exit_code == 1 and "missing required parameter" in bad_param.output
+
+
+def test_a_read_only_connection_lists_the_actions_once_the_log_exists(tmp_path: Path) -> None:
+    """The assistant reads the session's proposals over a read-only connection."""
+    from dagster_platform.ontology.actions import ensure_action_log, list_actions
+
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        ensure_action_log(conn)
+    with duckdb.connect(str(path), read_only=True) as conn:
+        assert list_actions(conn) == []

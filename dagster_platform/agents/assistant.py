@@ -217,7 +217,7 @@ class Assistant:
         turn.route = decision.route
         results = self._run_tools(turn, record)
 
-        composed = compose_headline(question, turn.entities, results, turn.decided_action())
+        composed = compose_headline(question, turn.entities, results, turn.decided_actions())
         headline, notes = self._headline(question, composed, results, record, llm_errors)
         proposed = [
             row["action_id"]

@@ -127,7 +127,7 @@ class _Ask:
     question: str
     ko: bool
     entities: Entities
-    action: SessionAction | None
+    actions: Sequence[SessionAction]
 
     def say(self, ko: str, en: str) -> str:
         return ko if self.ko else en
@@ -137,12 +137,12 @@ def compose_headline(
     question: str,
     entities: Entities,
     results: Sequence[ToolResult],
-    action: SessionAction | None = None,
+    actions: Sequence[SessionAction] = (),
 ) -> str:
     """The headline for the tools' results; `action` is the session's latest decided action
     (what "did it drop?" compares against)."""
     language = language_of(question)
-    ask = _Ask(question, language == "ko", entities, action)
+    ask = _Ask(question, language == "ko", entities, actions)
     headline = _compose(ask, results)
     if language == "other":
         return f"(I answer in Korean or English; this answer is in English.) {headline}"
@@ -613,16 +613,21 @@ def _utilisation(ask: _Ask, result: ToolResult) -> str:
     return " ".join(parts)
 
 
+def _actions(ask: _Ask) -> str:
+    """The session's decided actions, as the headline names them."""
+    return ", ".join(
+        ask.say(f"{a.action_id}({a.target_key} 종료)", f"{a.action_id} (kill of {a.target_key})")
+        for a in ask.actions
+    )
+
+
 def _drop(ask: _Ask, result: ToolResult) -> str:
-    """Did it drop: the session's cluster, its figure before the decided action and now."""
-    row, ko, action = result.rows[0], ask.ko, ask.action
+    """Did it drop: the session's cluster at the last whole minute before its first decided
+    action, against now, naming the actions in between."""
+    row, ko = result.rows[0], ask.ko
     cid = row["cluster_id"]
-    done = ""
-    if action is not None:
-        done = ask.say(
-            f"{action.action_id}({action.target_key} 종료) 실행 전",
-            f"before {action.action_id} (kill of {action.target_key}) ran",
-        )
+    between = ask.say(f" 그 사이 실행된 조치: {_actions(ask)}.", f" In between: {_actions(ask)}.")
+    between = between if ask.actions else ""
     if row.get("before_bucket") is not None:
         before = row.get("workers_cpu_before_pct")
         now = row.get("workers_cpu_pct")
@@ -631,47 +636,41 @@ def _drop(ask: _Ask, result: ToolResult) -> str:
             before, now, label = row.get("cpu_before_pct"), row.get("cpu_pct"), "CPU"
         change = (now or 0.0) - (before or 0.0)
         then, at = _time(row["before_bucket"], ko), _time(row["bucket"], ko)
-        if change <= -_CHANGE_POINTS:
-            return ask.say(
-                f"네, 떨어졌습니다. {cid}의 {label}가 {done} {_pct(before)}({then})에서 "
-                f"{_pct(now)}({at})로 내려갔습니다.",
-                f"Yes: {cid}'s {label} fell from {_pct(before)} ({then}, {done}) to "
-                f"{_pct(now)} ({at}).",
-            )
-        moved_ko = "올라갔습니다" if change >= _CHANGE_POINTS else "거의 그대로입니다"
-        moved_en = "rose" if change >= _CHANGE_POINTS else "is about the same"
-        return ask.say(
-            f"아니요, {cid}의 {label}는 {done} {_pct(before)}({then})에서 {_pct(now)}({at})로 "
-            f"{moved_ko}.",
-            f"No: {cid}'s {label} {moved_en}: {_pct(before)} ({then}, {done}) and "
-            f"{_pct(now)} ({at}).",
+        figures = ask.say(
+            f"{cid} {label} {_pct(before)}({then}, 조치 전) → {_pct(now)}({at})",
+            f"{cid}'s {label} {_pct(before)} ({then}, before the actions) → {_pct(now)} ({at})",
         )
+        if change <= -_CHANGE_POINTS:
+            verdict = ask.say("네, 떨어졌습니다", "Yes, it dropped")
+        elif change >= _CHANGE_POINTS:
+            verdict = ask.say("아니요, 올라갔습니다", "No, it rose")
+        else:
+            verdict = ask.say("아니요, 거의 그대로입니다", "No, it is about the same")
+        return f"{verdict}: {figures}.{between}"
     if row.get("cpu_change_points") is not None:
         change = row["cpu_change_points"]
         window = row.get("window_minutes") or 15
         fell = change <= -_CHANGE_POINTS
-        return ask.say(
-            f"{'네' if fell else '아니요'}, {cid}의 CPU는 {_pct(row['cpu_pct'])}로 직전 "
-            f"{window}분 평균 {_pct(row['cpu_window_avg_pct'])}보다 {abs(change):.1f}포인트 "
-            f"{'낮습니다' if change < 0 else '높거나 같습니다'} ({_time(row['bucket'], ko)}).",
-            f"{'Yes' if fell else 'No'}: {cid}'s CPU is {_pct(row['cpu_pct'])}, "
-            f"{abs(change):.1f} points {'below' if change < 0 else 'at or above'} its "
-            f"{window}-minute average {_pct(row['cpu_window_avg_pct'])} "
-            f"({_time(row['bucket'], ko)}).",
+        return (
+            ask.say(
+                f"{'네' if fell else '아니요'}, {cid}의 CPU는 {_pct(row['cpu_pct'])}로 직전 "
+                f"{window}분 평균 {_pct(row['cpu_window_avg_pct'])}보다 {abs(change):.1f}포인트 "
+                f"{'낮습니다' if change < 0 else '높거나 같습니다'} ({_time(row['bucket'], ko)}).",
+                f"{'Yes' if fell else 'No'}: {cid}'s CPU is {_pct(row['cpu_pct'])}, "
+                f"{abs(change):.1f} points {'below' if change < 0 else 'at or above'} its "
+                f"{window}-minute average {_pct(row['cpu_window_avg_pct'])} "
+                f"({_time(row['bucket'], ko)}).",
+            )
+            + between
         )
-    ran = ""
-    if action is not None:
-        ran = ask.say(
-            f" {action.action_id}({action.target_key} 종료)는 {_time(action.at, ko)}으로 "
-            f"{action.status} 상태입니다.",
-            f" {action.action_id} (kill of {action.target_key}) is {action.status} "
-            f"({_time(action.at, ko)}).",
+    return (
+        ask.say(
+            f"아직 판단할 수 없습니다: {cid}에는 수집된 지표가 없고 인벤토리 스냅샷"
+            f"({_figure(ask, row)})만 있습니다.",
+            f"Cannot tell yet: {cid} has no landed metrics, only the inventory snapshot "
+            f"({_figure(ask, row)}).",
         )
-    return ask.say(
-        f"아직 판단할 수 없습니다: {cid}에는 수집된 지표가 없고 인벤토리 스냅샷"
-        f"({_figure(ask, row)})만 있습니다.{ran}",
-        f"Cannot tell yet: {cid} has no landed metrics, only the inventory snapshot "
-        f"({_figure(ask, row)}).{ran}",
+        + between
     )
 
 

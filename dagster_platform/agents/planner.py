@@ -90,9 +90,12 @@ class Turn:
     known_clusters: frozenset[str] = frozenset()
     actions: list[SessionAction] = field(default_factory=list)  # the session's, newest first
 
-    def decided_action(self) -> SessionAction | None:
-        """The session's latest approved or executed action."""
-        return next((a for a in self.actions if a.status in ("approved", "executed")), None)
+    def decided_actions(self) -> list[SessionAction]:
+        """The session's approved or executed actions, oldest first: "did it drop?" compares
+        against the moment before the first of them."""
+        return sorted(
+            (a for a in self.actions if a.status in ("approved", "executed")), key=lambda a: a.at
+        )
 
     def earlier(self, keep: Callable[[str], bool]) -> list[str]:
         """The latest earlier turn's subjects of one kind, in that turn's order."""
@@ -153,13 +156,12 @@ class RulePlanner:
             calls.append(ToolCall(infra.FIND_HOSTS.name, _host_arguments(e, cluster)))
         if not hosts:
             arguments: dict[str, Any] = {"cluster_id": cluster}
-            action = turn.decided_action()
             if DROP.search(turn.question):
-                if action is not None:
-                    arguments["compare_with"] = action.at.isoformat()
-                    arguments["cluster_id"] = cluster or action.cluster_id or _cluster(turn)
-                else:
-                    arguments["cluster_id"] = cluster or _cluster(turn)
+                decided = turn.decided_actions()
+                acted_on = next((a.cluster_id for a in decided if a.cluster_id), None)
+                arguments["cluster_id"] = cluster or acted_on or _cluster(turn)
+                if decided:
+                    arguments["compare_with"] = decided[0].at.isoformat()
             calls.append(ToolCall(infra.CLUSTER_UTILISATION.name, _drop_none(arguments)))
         return calls
 

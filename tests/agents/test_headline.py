@@ -157,10 +157,11 @@ def test_a_third_language_and_a_question_matching_nothing_still_get_an_answer(
 def test_did_it_drop_compares_the_sessions_cluster_before_the_action_and_now(
     frozen: Settings,
 ) -> None:
-    """Two landed minutes of etl-prod, one before the approved kill and one after: the planner
-    asks for the figures at the action's time and the headline says it fell, from what to
-    what, and which action ran in between."""
-    kill_at = datetime(2026, 11, 20, 9, 5, tzinfo=UTC)
+    """Landed minutes of etl-prod before the session's two approved kills, the minute they ran
+    in (its samples already follow the first kill, so it is not "before") and later: the
+    planner asks for the figures at the first kill's time and the headline says it fell, from
+    what to what, and which actions ran in between."""
+    kill_at = datetime(2026, 11, 20, 9, 5, 4, tzinfo=UTC)
     with duckdb.connect(str(frozen.warehouse_path)) as conn:
         workers = [
             h
@@ -168,9 +169,11 @@ def test_did_it_drop_compares_the_sessions_cluster_before_the_action_and_now(
                 "SELECT host_id FROM hosts WHERE cluster_id = 'etl-prod' AND role = 'worker'"
             ).fetchall()
         ]
+        minute = kill_at.replace(second=0)
         for bucket, cpu in (
-            (kill_at - timedelta(minutes=1), 82.0),
-            (kill_at + timedelta(minutes=10), 33.0),
+            (minute - timedelta(minutes=1), 82.0),
+            (minute, 61.0),
+            (minute + timedelta(minutes=10), 33.0),
         ):
             conn.execute(
                 "INSERT INTO cluster_utilization_1m (cluster_id, bucket, hosts, samples, cpu_avg, "
@@ -185,19 +188,32 @@ def test_did_it_drop_compares_the_sessions_cluster_before_the_action_and_now(
                     "VALUES ('etl-prod', ?, ?, 6, ?, ?, 60, 70, 50)",
                     [host, bucket, cpu, cpu],
                 )
-    action = SessionAction(
+    later = SessionAction(
+        "act-ba9876543210",
+        "application_1794712500000_0492",
+        "executed",
+        kill_at + timedelta(seconds=20),
+        "etl-prod",
+    )
+    first = SessionAction(
         "act-0123456789ab", "application_1794712500000_0488", "executed", kill_at, "etl-prod"
     )
+    refused = SessionAction("act-000000000000", "application_1", "proposed", kill_at, "staging")
     question = "클러스터 사용율이 떨어졌는지 확인해줘?"
-    turn = Turn("infra", question, Entities(), history=[["etl-prod"]], actions=[action])
+    turn = Turn(
+        "infra", question, Entities(), history=[["staging"]], actions=[later, first, refused]
+    )
+    assert turn.decided_actions() == [first, later]
     (call,) = RulePlanner().plan(turn)
     assert call.tool == "cluster_utilisation"
     assert call.arguments == {"cluster_id": "etl-prod", "compare_with": kill_at.isoformat()}
     result = TOOLS[call.tool].call(ToolContext(frozen), call.arguments)
     assert result.ok, result.error
-    headline = compose_headline(question, turn.entities, [result], action)
-    assert headline.startswith("네, 떨어졌습니다. etl-prod")
-    assert "82.0%" in headline and "33.0%" in headline and "act-0123456789ab" in headline
+    headline = compose_headline(question, turn.entities, [result], turn.decided_actions())
+    assert headline.startswith("네, 떨어졌습니다: etl-prod 워커 CPU 82.0%(")
+    assert "→ 33.0%(" in headline and "61.0%" not in headline
+    assert "act-0123456789ab(application_1794712500000_0488 종료)" in headline
+    assert "act-ba9876543210" in headline and "act-000000000000" not in headline
 
 
 def _ask_a_model_that_says(frozen: Settings, reply: str) -> Answer:

@@ -98,10 +98,11 @@ _EXTREMES_SQL = (
     "FILTER (WHERE lower(status) <> 'healthy') AS not_healthy "
     "FROM ({hosts}) WHERE cluster_id IS NOT NULL GROUP BY cluster_id"
 )
-# The last minute at or before a moment (when an action ran), all hosts and workers.
+# The last whole minute before a moment (when an action ran), all hosts and workers: the
+# minute the moment falls in already holds samples taken after it.
 _BEFORE_SQL = (
     "WITH moment AS (SELECT cluster_id, max(bucket) AS bucket FROM cluster_utilization_1m "
-    "WHERE bucket <= $before AND ($cluster IS NULL OR cluster_id = $cluster) "
+    "WHERE bucket + INTERVAL 1 MINUTE <= $before AND ($cluster IS NULL OR cluster_id = $cluster) "
     "GROUP BY cluster_id) "
     "SELECT moment.cluster_id, moment.bucket, c.cpu_avg, c.memory_avg, "
     "(SELECT avg(u.cpu_avg) FROM host_utilization_1m u JOIN hosts h ON h.host_id = u.host_id "
@@ -188,7 +189,7 @@ class ClusterUtilisationArgs(_Arguments):
     )
     compare_with: datetime | None = Field(
         None,
-        description="Also report each cluster's figures at the last minute at or before this "
+        description="Also report each cluster's figures at the last whole minute before this "
         "time (ISO 8601), e.g. when an action ran: 'did it drop after the kill?'.",
     )
 

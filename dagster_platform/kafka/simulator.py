@@ -31,8 +31,11 @@ Which times come from where:
   stamped at its shifted start; an arriving job's first event is its SUBMITTED, at the tick it
   arrives (a job that waited ACCEPTED therefore shows its submit time as start_time); a job's
   end_time is its FINISHED, FAILED or KILLED event's `ts`.
-- The ingested files themselves (the inventory's ended jobs, its ACCEPTED jobs, incidents) are
-  not the simulator's and keep their snapshot times.
+- The snapshot's waiting (ACCEPTED) jobs are replayed too, at their shifted submit time, so
+  their wait reads as it did at the snapshot; they are held by their YARN queue's limit, which
+  the model does not have, so they wait on outside its cluster-wide queue (and never refill the
+  room the scenario's kills free). The ingested files' ended jobs and incidents
+  are not the simulator's and keep their snapshot times.
 
 Model:
 
@@ -84,6 +87,7 @@ log = get_logger(__name__)
 
 Clock = Literal["simulated", "wall"]
 CLOCKS: tuple[Clock, ...] = ("simulated", "wall")
+WAITING_STATES = ("SUBMITTED", "ACCEPTED")
 SNAPSHOT_TIME = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # the moment data/sample describes
 INCIDENT_KINDS: tuple[str, ...] = ("cpu-spike", "disk-full")
 CPU_ALERT_PCT = 85.0
@@ -250,15 +254,20 @@ class ClusterSimulator:
         }
         running = list(jobs.filter(pl.col("state") == "RUNNING").iter_rows(named=True))
         self._jobs: dict[str, _Job] = {j["application_id"]: self._job_from_row(j) for j in running}
-        # the snapshot's jobs as they started, replayed by the first tick (see the docstring)
+        # the snapshot's jobs as they started (and those it holds waiting, as they were
+        # submitted: they are not modelled, so they wait on), replayed by the first tick
+        waiting = jobs.filter(pl.col("state").is_in(WAITING_STATES)).iter_rows(named=True)
         self._replay = [
             (
-                self._jobs[j["application_id"]],
+                self._jobs[j["application_id"]]
+                if j["state"] == "RUNNING"
+                else self._job_from_row(j),
+                j["state"],
                 datetime.fromisoformat(j["start_time"]) + self.shift
                 if j["start_time"]
                 else self.start,
             )
-            for j in running
+            for j in [*running, *waiting]
         ]
         self._check_capacity()
         self._templates = {
@@ -441,9 +450,10 @@ class ClusterSimulator:
     def _job_changes(self, ts: datetime, seconds: float) -> Iterator[Outgoing]:
         for job in self._jobs.values():  # what ran through the tick ran `seconds` longer
             job.running_s += seconds
-        for job, since in self._replay:
+        for job, state, since in self._replay:
             yield self._job_event(job, "SUBMITTED", since, 0.0)
-            yield self._job_event(job, "RUNNING", since, job.share)
+            if state != "SUBMITTED":
+                yield self._job_event(job, state, since, job.share if state == "RUNNING" else 0.0)
         self._replay = []
         for application_id in self._kills:
             job = self._jobs.pop(application_id, None)

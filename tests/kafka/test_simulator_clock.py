@@ -100,6 +100,26 @@ def test_the_wall_clock_shifts_the_snapshot_so_each_running_job_keeps_its_age() 
     assert yarn_timestamp == 1794712500000 + (T0 - SNAPSHOT_TIME) // timedelta(milliseconds=1)
 
 
+def test_the_snapshots_waiting_jobs_keep_their_wait_and_stay_waiting() -> None:
+    """ACCEPTED at the snapshot: replayed at the shifted submit time, never started."""
+    jobs = pl.read_csv(SAMPLE_DIR / "spark_jobs.csv", infer_schema_length=None)
+    waiting = {
+        r["application_id"]: datetime.fromisoformat(r["start_time"])
+        for r in jobs.filter(pl.col("state") == "ACCEPTED").iter_rows(named=True)
+    }
+    assert waiting
+    simulator = ClusterSimulator(
+        SAMPLE_DIR, clock="wall", now=_clock(T0, T0, T0 + timedelta(hours=1))
+    )
+    first = [e for e in _jobs(simulator.tick()) if e.application_id in waiting]
+    assert {(e.application_id, e.state) for e in first} == {
+        (a, s) for a in waiting for s in ("SUBMITTED", "ACCEPTED")
+    }
+    for event in first:
+        assert T0 - event.ts == SNAPSHOT_TIME - waiting[event.application_id]
+    assert not [e for e in _jobs(simulator.tick()) if e.application_id in waiting]
+
+
 def test_the_simulated_clock_replays_the_snapshot_at_its_own_times() -> None:
     out = ClusterSimulator(SAMPLE_DIR).tick()
     replayed = {e.application_id: e.ts for e in _jobs(out) if e.state == "SUBMITTED"}

@@ -19,8 +19,9 @@ TOP_TWO = ("application_1794712500000_0488", "application_1794712500000_0492")
 # the snapshot's waiting jobs, held by their YARN queue's limit (which the model does not
 # have): they wait on outside the cluster-wide first-in, first-out queue the model keeps
 HELD = frozenset(
-    pl.read_csv(SAMPLE_DIR / "spark_jobs.csv")
-    .filter(pl.col("state") == "ACCEPTED")["application_id"]
+    pl.read_csv(SAMPLE_DIR / "spark_jobs.csv").filter(pl.col("state") == "ACCEPTED")[
+        "application_id"
+    ]
 )
 CAPACITY = {
     r["cluster_id"]: (r["total_vcores"], r["total_memory_gb"])

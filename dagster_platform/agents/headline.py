@@ -139,8 +139,8 @@ def compose_headline(
     results: Sequence[ToolResult],
     actions: Sequence[SessionAction] = (),
 ) -> str:
-    """The headline for the tools' results; `action` is the session's latest decided action
-    (what "did it drop?" compares against)."""
+    """The headline for the tools' results; `actions` are the session's decided actions,
+    oldest first (what "did it drop?" compares against)."""
     language = language_of(question)
     ask = _Ask(question, language == "ko", entities, actions)
     headline = _compose(ask, results)
@@ -624,10 +624,16 @@ def _actions(ask: _Ask) -> str:
 def _drop(ask: _Ask, result: ToolResult) -> str:
     """Did it drop: the session's cluster at the last whole minute before its first decided
     action, against now, naming the actions in between."""
-    row, ko = result.rows[0], ask.ko
-    cid = row["cluster_id"]
-    between = ask.say(f" 그 사이 실행된 조치: {_actions(ask)}.", f" In between: {_actions(ask)}.")
-    between = between if ask.actions else ""
+    if not ask.actions:
+        return _drop_verdict(ask, result.rows[0])
+    between = ask.say(f"그 사이 실행된 조치: {_actions(ask)}.", f"In between: {_actions(ask)}.")
+    return f"{_drop_verdict(ask, result.rows[0])} {between}"
+
+
+def _drop_verdict(ask: _Ask, row: dict[str, Any]) -> str:
+    """Yes or no, with the figures: before the actions and now when both were landed, else
+    now against the recent window, else that the cluster has no landed metrics yet."""
+    cid, ko = row["cluster_id"], ask.ko
     if row.get("before_bucket") is not None:
         before = row.get("workers_cpu_before_pct")
         now = row.get("workers_cpu_pct")
@@ -646,31 +652,25 @@ def _drop(ask: _Ask, result: ToolResult) -> str:
             verdict = ask.say("아니요, 올라갔습니다", "No, it rose")
         else:
             verdict = ask.say("아니요, 거의 그대로입니다", "No, it is about the same")
-        return f"{verdict}: {figures}.{between}"
+        return f"{verdict}: {figures}."
     if row.get("cpu_change_points") is not None:
         change = row["cpu_change_points"]
         window = row.get("window_minutes") or 15
         fell = change <= -_CHANGE_POINTS
-        return (
-            ask.say(
-                f"{'네' if fell else '아니요'}, {cid}의 CPU는 {_pct(row['cpu_pct'])}로 직전 "
-                f"{window}분 평균 {_pct(row['cpu_window_avg_pct'])}보다 {abs(change):.1f}포인트 "
-                f"{'낮습니다' if change < 0 else '높거나 같습니다'} ({_time(row['bucket'], ko)}).",
-                f"{'Yes' if fell else 'No'}: {cid}'s CPU is {_pct(row['cpu_pct'])}, "
-                f"{abs(change):.1f} points {'below' if change < 0 else 'at or above'} its "
-                f"{window}-minute average {_pct(row['cpu_window_avg_pct'])} "
-                f"({_time(row['bucket'], ko)}).",
-            )
-            + between
+        return ask.say(
+            f"{'네' if fell else '아니요'}, {cid}의 CPU는 {_pct(row['cpu_pct'])}로 직전 "
+            f"{window}분 평균 {_pct(row['cpu_window_avg_pct'])}보다 {abs(change):.1f}포인트 "
+            f"{'낮습니다' if change < 0 else '높거나 같습니다'} ({_time(row['bucket'], ko)}).",
+            f"{'Yes' if fell else 'No'}: {cid}'s CPU is {_pct(row['cpu_pct'])}, "
+            f"{abs(change):.1f} points {'below' if change < 0 else 'at or above'} its "
+            f"{window}-minute average {_pct(row['cpu_window_avg_pct'])} "
+            f"({_time(row['bucket'], ko)}).",
         )
-    return (
-        ask.say(
-            f"아직 판단할 수 없습니다: {cid}에는 수집된 지표가 없고 인벤토리 스냅샷"
-            f"({_figure(ask, row)})만 있습니다.",
-            f"Cannot tell yet: {cid} has no landed metrics, only the inventory snapshot "
-            f"({_figure(ask, row)}).",
-        )
-        + between
+    return ask.say(
+        f"아직 판단할 수 없습니다: {cid}에는 수집된 지표가 없고 인벤토리 스냅샷"
+        f"({_figure(ask, row)})만 있습니다.",
+        f"Cannot tell yet: {cid} has no landed metrics, only the inventory snapshot "
+        f"({_figure(ask, row)}).",
     )
 
 

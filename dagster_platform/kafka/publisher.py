@@ -49,6 +49,7 @@ class ProduceReport:
     sent: dict[str, int] = field(default_factory=dict)  # topic → delivered
     events: dict[str, int] = field(default_factory=dict)  # event type → delivered
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    incidents_deferred: int = 0  # scheduled cpu-spikes held back while one still burns
     actions_applied: int = 0
     actions_ignored: int = 0
     actions_invalid: int = 0
@@ -134,7 +135,8 @@ def run_producer(
 
     `rate` is ticks per wall second (0: as fast as possible). `incident` is injected on
     `cluster` at the start, and again (or `cpu-spike`) every `incident_every` seconds (real
-    ones on the wall clock; see the module docstring on the simulated clock). Approved
+    ones on the wall clock; see the module docstring on the simulated clock); a scheduled
+    cpu-spike is deferred while the cluster's last runaway job still runs or waits. Approved
     commands on ops-actions are applied before each tick. Raises KafkaUnavailable when the
     broker does not answer, ValueError for a bad option, both before anything is sent.
     """
@@ -189,6 +191,12 @@ def run_producer(
             elif every_s and next_incident is not None and time.monotonic() >= next_incident:
                 kind = scheduled_kind
                 next_incident = time.monotonic() + every_s
+            if kind == "cpu-spike" and n > 0 and (burning := simulator.runaway_on(cluster)):
+                # one runaway at a time, as on a real cluster: they never end on their own, so
+                # stacking them would leave a kill nothing to show for it
+                log.info("cpu-spike deferred", extra={"cluster": cluster, "running": burning})
+                report.incidents_deferred += 1
+                kind = None
             if kind is not None:
                 target = simulator.inject_incident(kind, cluster)
                 report.incidents.append(

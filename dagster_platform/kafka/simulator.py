@@ -627,6 +627,13 @@ class ClusterSimulator:
         if cluster_id not in self._clusters:
             raise ValueError(f"unknown cluster {cluster_id!r}; known: {', '.join(self._clusters)}")
 
+    def runaway_on(self, cluster_id: str) -> str | None:
+        """The application id of a runaway job on the cluster, running or waiting, if any."""
+        jobs = [*self._jobs.values(), *self._submitted, *self._waiting.get(cluster_id, ())]
+        return next(
+            (j.application_id for j in jobs if j.runaway and j.cluster_id == cluster_id), None
+        )
+
     def inject_incident(self, kind: str, cluster_id: str = "etl-prod") -> str:
         """Start an incident on the cluster from the next tick on; returns what it hit.
 

@@ -6,9 +6,10 @@ budget per key across the routes; requests without a valid key share one per cli
 so guessing keys is throttled too.
 
 The assistant is opened on the first question and kept: it holds the embedder and the LLM.
-Endpoints are plain functions that FastAPI runs in its threadpool; questions are answered one
-at a time, because an answer both reads and writes the warehouse file and DuckDB refuses a
-read-only and a read-write connection to one file in one process at once.
+Endpoints are plain functions that FastAPI runs in its threadpool, and questions are answered
+side by side, so a vLLM server batches the generations of everyone asking at once. An answer
+both reads and writes the warehouse file; `open_warehouse` shares this process's one
+connection to it, readers together and writers in turn.
 
 `GET /metrics` is the exception to keys and limit: Prometheus scrapes without a key, so it
 answers without one, is not rate limited, and is left out of the request metrics it serves.
@@ -174,7 +175,7 @@ def _open_assistant(settings: Settings) -> Assistant:
 
 
 class Services:
-    """The assistant (opened on first use), the feedback producer, and the warehouse lock."""
+    """The assistant (opened on first use) and the feedback producer."""
 
     def __init__(
         self, settings: Settings, assistant_factory: AssistantFactory, publish_timeout_s: float
@@ -184,7 +185,6 @@ class Services:
         self._publish_timeout_s = publish_timeout_s
         self._open_lock = threading.Lock()
         self._publisher_lock = threading.Lock()
-        self.warehouse_lock = threading.Lock()
         self.assistant: Assistant | None = None
         self._publisher: FeedbackPublisher | None = None
 
@@ -356,16 +356,15 @@ def create_app(
                 f"no warehouse at {settings.warehouse_path}: materialize the ingestion group",
             )
         assistant = services.open_assistant()
+        started = time.perf_counter()
         try:
-            with services.warehouse_lock:
-                started = time.perf_counter()
-                answer = assistant.ask(body.question, body.session_id)
-                answered_in = time.perf_counter() - started
+            answer = assistant.ask(body.question, body.session_id)
         except QuestionRejected as exc:
             return JSONResponse(
                 {"detail": str(exc), "interaction_id": exc.interaction_id},
                 status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
             )
+        answered_in = time.perf_counter() - started
         record = answer.interaction
         metrics.record_answer(record.route, answered_in, directory=settings.metrics_dir)
         return AskResponse(
@@ -412,7 +411,6 @@ def create_app(
                     "interactions": interactions.TABLE,
                     "feedback": FEEDBACK_EVENTS.tables[0].table,
                 },
-                lock=services.warehouse_lock,
                 wait_s=WAREHOUSE_WAIT_S,
             ),
         }

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from dagster_platform.agents import interactions
+from dagster_platform.agents.assistant import Answer, Assistant
 from dagster_platform.api.app import (
     configured_keys,
     create_app,
@@ -213,6 +216,47 @@ def test_ask_then_rate_and_the_rating_lands(client: TestClient, settings: Settin
     assert status["serving"] == {"state": "no LLM", "reason": "opened without an LLM"}
     assert status["warehouse"]["interactions"] == count(settings, "interactions") >= 1
     assert status["warehouse"]["feedback"] == count(settings, "feedback_events") >= 1
+
+
+@pytest.mark.models
+def test_questions_are_answered_side_by_side_and_all_recorded(settings: Settings) -> None:
+    """Every question is inside the real assistant's `ask` at once (none goes on before all
+    are in: one-at-a-time answering would break the barrier), then all read and write the
+    warehouse together, and each answer is recorded."""
+    asking = 4
+    all_in = threading.Barrier(asking, timeout=60)
+
+    def side_by_side(settings: Settings) -> Assistant:
+        assistant = no_llm(settings)
+        real_ask = assistant.ask
+
+        def ask(question: str, session_id: str | None = None) -> Answer:
+            all_in.wait()
+            return real_ask(question, session_id)
+
+        assistant.ask = ask
+        return assistant
+
+    app = create_app(
+        settings, assistant_factory=side_by_side, api_keys=KEYS, rate_limit="1000/minute"
+    )
+    with TestClient(app) as concurrent, ThreadPoolExecutor(asking) as pool:
+        responses = list(
+            pool.map(
+                lambda n: concurrent.post(
+                    "/ask", json={"question": QUESTION, "session_id": f"side-{n}"}, headers=ALICE
+                ),
+                range(asking),
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * asking, [r.text for r in responses]
+    answers = [r.json() for r in responses]
+    assert {a["session_id"] for a in answers} == {f"side-{n}" for n in range(asking)}
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as conn:
+        logged = [interactions.read(conn, interaction_id=a["interaction_id"]) for a in answers]
+    assert [(i.session_id, i.status) for [i] in logged] == [
+        (a["session_id"], "answered") for a in answers
+    ]
 
 
 @pytest.mark.models

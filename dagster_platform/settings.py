@@ -115,12 +115,35 @@ class Settings(BaseSettings):
         ),
         description="Seconds between backlog checks of the stream sensors.",
     )
-    llm_backend: Literal["transformers", "vllm-server", "vllm-engine"] = Field(
-        default="transformers",
+    llm_backend: Literal["auto", "transformers", "vllm-server", "vllm-engine"] = Field(
+        default="auto",
         validation_alias=AliasChoices("LLM_BACKEND", "llm_backend"),
+        description="`auto`: the vLLM server at VLLM_BASE_URL when set, else the local one "
+        "while it runs (`dagster-platform vllm start`, which `make run` does), else "
+        "transformers in process — the light choice and the fallback.",
     )
     vllm_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("VLLM_BASE_URL", "vllm_base_url")
+        default=None,
+        validation_alias=AliasChoices("VLLM_BASE_URL", "vllm_base_url"),
+        description="An external vLLM server (production: the official image on a GPU); set, "
+        "nothing is started locally.",
+    )
+    vllm_port: int = Field(
+        default=18000,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_VLLM_PORT", "vllm_port"),
+        description="Port of the local vLLM server on 127.0.0.1.",
+    )
+    vllm_max_lora_rank: int = Field(
+        default=16,
+        validation_alias=AliasChoices("VLLM_MAX_LORA_RANK", "vllm_max_lora_rank"),
+        description="The server's --max-lora-rank: the local server starts with it, and an "
+        "adapter of a higher rank is refused before it is sent to any server.",
+    )
+    vllm_environment: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_VLLM_ENV", "vllm_environment"),
+        description="Virtual environment of the local vLLM server (default: vllm/venv in the "
+        "state folder), created on first use.",
     )
     vllm_api_key: str | None = Field(
         default=None,
@@ -284,6 +307,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.state_dir / "broker"
+
+    @property
+    def vllm_dir(self) -> Path:
+        return self.state_dir / "vllm"
 
     @property
     def logs_dir(self) -> Path:

@@ -22,7 +22,7 @@ class LLMResource(dg.ConfigurableResource):
 
     backend: str | None = Field(
         default=None,
-        description="Overrides LLM_BACKEND: transformers, vllm-server or vllm-engine.",
+        description="Overrides LLM_BACKEND: auto, transformers, vllm-server or vllm-engine.",
     )
     base_model: str | None = Field(default=None, description="Overrides BASE_MODEL.")
     vllm_base_url: str | None = Field(default=None, description="Overrides VLLM_BASE_URL.")
@@ -39,13 +39,15 @@ class LLMResource(dg.ConfigurableResource):
         defaults = LLMConfig.from_settings(settings)
         policy = defaults.policy
         return LLMConfig(
-            backend=self.backend or defaults.backend,
+            backend=defaults.backend if self.backend in (None, "auto") else self.backend,
             base_model=self.base_model or defaults.base_model,
             registered_model=self.registered_model or defaults.registered_model,
             tracking_uri=mlflow.uri if mlflow is not None else defaults.tracking_uri,
             adapters_dir=defaults.adapters_dir,
             vllm_base_url=self.vllm_base_url or defaults.vllm_base_url,
             vllm_api_key=defaults.vllm_api_key,
+            vllm_max_lora_rank=defaults.vllm_max_lora_rank,
+            vllm_model=None if self.vllm_base_url else defaults.vllm_model,
             policy=ResiliencePolicy(
                 **{
                     **policy.__dict__,

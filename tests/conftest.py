@@ -1,9 +1,9 @@
 """Shared fixtures: a real embedded Kafka broker per session, temp state and data folders.
 
-Tests that use a real component carry its marker (`kafka`, `models`, `postgres`), so a fast
-subset runs with e.g. `pytest -m "not kafka and not models and not postgres"`. A test that
-asks for a broker or Postgres fixture is marked here; one that starts its own or loads a
-packaged model says so with `pytest.mark.kafka` / `pytest.mark.models` itself."""
+Tests that use a real component carry its marker (`kafka`, `models`, `postgres`, `vllm`), so a
+fast subset runs with e.g. `pytest -m "not kafka and not models and not postgres and not vllm"`.
+A test that asks for a broker, Postgres or vLLM fixture is marked here; one that starts its own
+or loads a packaged model says so with `pytest.mark.kafka` / `pytest.mark.models` itself."""
 
 from __future__ import annotations
 
@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 
 from dagster_platform.kafka.broker import EmbeddedBroker, free_port
+from dagster_platform.llm.vllm_local import LocalVLLMServer
 from tests.support.state import (
     SAMPLE_DIR,
     isolate_environment,
     load_sample_warehouse,
 )
+from tests.support.vllm import session_server
 
-COMPONENT_FIXTURES = {"kafka_broker": "kafka", "private_broker": "kafka", "postgres": "postgres"}
+COMPONENT_FIXTURES = {
+    "kafka_broker": "kafka",
+    "private_broker": "kafka",
+    "postgres": "postgres",
+    "vllm_server": "vllm",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,6 +43,15 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedB
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalVLLMServer]:
+    """One real vLLM CPU server for the whole session, serving the packaged SmolLM2."""
+    server = session_server(tmp_path_factory.mktemp("vllm"))
+    server.start(timeout=600)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""`dagster-platform dev`: the local platform — the embedded broker, the simulator and
-`dagster dev` with its home in the state folder — until Ctrl-C."""
+"""`dagster-platform dev`: the local platform — the embedded broker, the local vLLM server,
+the simulator and `dagster dev` with its home in the state folder — until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from dagster_platform.cli.common import fail
 from dagster_platform.cli.produce import Clock
 from dagster_platform.kafka.broker import BrokerError
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics
-from dagster_platform.settings import REPO_ROOT, get_settings
+from dagster_platform.llm.service import local_vllm_server
+from dagster_platform.llm.vllm_local import LocalVLLMServer, VLLMError, wait_in_background
+from dagster_platform.settings import REPO_ROOT, Settings, get_settings
 
 
 def dev(
@@ -36,9 +38,18 @@ def dev(
     incident_every: Annotated[
         float, typer.Option(help="Seconds between simulated cpu-spike incidents.")
     ] = 600.0,
+    vllm: Annotated[
+        bool,
+        typer.Option(
+            "--vllm/--no-vllm",
+            help="Start the local vLLM server (unless LLM_BACKEND or VLLM_BASE_URL say "
+            "otherwise); --no-vllm answers with transformers in process.",
+        ),
+    ] = True,
 ) -> None:
     """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the
-    cluster simulator, and `dagster dev` with DAGSTER_HOME in the state folder."""
+    local vLLM server, the cluster simulator, and `dagster dev` with DAGSTER_HOME in the state
+    folder."""
     from dagster_platform.deploy.instance import write_instance_config
 
     settings = get_settings()
@@ -52,8 +63,10 @@ def dev(
             ensure_topics(settings.bootstrap_servers)
     except (BrokerError, KafkaUnavailable) as exc:
         raise fail(str(exc)) from exc
+    server, llm_env = _start_vllm(settings) if vllm else (None, {"LLM_BACKEND": "transformers"})
     env = {
         **os.environ,
+        **llm_env,
         "DAGSTER_HOME": str(home),
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "GX_ANALYTICS_ENABLED": "false",
@@ -83,9 +96,37 @@ def dev(
     finally:
         if producer is not None:
             _stop(producer, timeout=15)
+        if server is not None:
+            server.stop()
         if broker is not None:
             broker.stop()
     raise typer.Exit(code)
+
+
+def _start_vllm(settings: Settings) -> tuple[LocalVLLMServer | None, dict[str, str]]:
+    """Start the local vLLM server without waiting for it (readiness is reported when it
+    comes); the server this launcher must stop, and the environment its children need. Where
+    it cannot start, say why and answer with transformers instead."""
+    if settings.llm_backend not in ("auto", "vllm-server") or settings.vllm_base_url:
+        return None, {}
+    server = local_vllm_server(settings)
+    try:
+        server.environment.ensure(echo=typer.echo)
+        adopted = server.process.running_pid() is not None
+        pid = server.spawn()
+    except VLLMError as exc:
+        typer.secho(
+            f"vLLM not started: {exc}\nanswering with the transformers backend instead "
+            "(LLM_BACKEND=transformers)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        return None, {"LLM_BACKEND": "transformers"}
+    typer.echo(
+        f"vLLM server starting on {server.base_url} (pid {pid}); log {server.process.log_file}"
+    )
+    wait_in_background(server, timeout=600, report=typer.echo)
+    return (None if adopted else server), {"LLM_BACKEND": "vllm-server"}
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -24,12 +24,14 @@ from dagster_platform.cli import (
     ontology,
     produce,
     status,
+    vllm,
 )
 from dagster_platform.lib.logs import configure_cli_logging
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 # one line per command group or command; each lives in its own module
 app.add_typer(broker.broker_app, name="broker")
+app.add_typer(vllm.vllm_app, name="vllm")
 app.add_typer(models.models_app, name="models")
 app.add_typer(ontology.ontology_app, name="ontology")
 app.add_typer(actions.actions_app, name="actions")

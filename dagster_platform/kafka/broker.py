@@ -7,7 +7,6 @@ storage is memory only, so a start always (re)creates the platform topics.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from dagster_platform.kafka.topics import KafkaUnavailable, ensure_topics, list_topics
 from dagster_platform.lib.logs import get_logger
+from dagster_platform.lib.managed_process import ManagedProcess
 
 log = get_logger(__name__)
 
@@ -44,19 +44,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():  # a zombie (exited, not yet reaped) is not a running broker
-        return stat.read_text().split(") ", 1)[-1].split(" ", 1)[0] != "Z"
-    return True
-
-
 @dataclass(frozen=True)
 class EmbeddedBroker:
     """One Tansu broker on 127.0.0.1:`port`, with its pid and log files under `run_dir`."""
@@ -70,12 +57,16 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(self.run_dir / "tansu.pid", self.run_dir / "tansu.log")
+
+    @property
     def pid_file(self) -> Path:
-        return self.run_dir / "tansu.pid"
+        return self.process.pid_file
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / "tansu.log"
+        return self.process.log_file
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
@@ -91,15 +82,8 @@ class EmbeddedBroker:
         ]
 
     def running_pid(self) -> int | None:
-        """The pid in the pid file if that process is alive, else None (a stale file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        if _process_alive(pid):
-            return pid
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        """The managed broker's pid if it is alive, else None (a stale pid file is removed)."""
+        return self.process.running_pid()
 
     def reachable(self, timeout: float = 2.0) -> bool:
         try:
@@ -138,15 +122,7 @@ class EmbeddedBroker:
                 f"port {self.port} already answers as a Kafka broker that this folder does not "
                 f"manage; stop it, or set KAFKA_BOOTSTRAP_SERVERS={self.bootstrap_servers}"
             )
-        with self.log_file.open("ab") as log_handle:
-            process = subprocess.Popen(
-                self.command(),
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
+        process = self.process.spawn(self.command())
         try:
             self.wait_ready(timeout, process=process)
         except BrokerError:
@@ -165,16 +141,9 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the managed broker; True if one was running."""
-        pid = self.running_pid()
+        pid = self.process.stop(timeout)
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _process_alive(pid):
-            time.sleep(0.05)
-        if _process_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
         log.info("broker stopped", extra={"pid": pid})
         return True
 
@@ -197,7 +166,4 @@ class EmbeddedBroker:
                 process.wait()
 
     def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+        return self.process.log_tail(lines)

@@ -88,6 +88,11 @@ class AdapterLoadError(LLMError):
     """An adapter could not be loaded; the previous one keeps serving."""
 
 
+class AdapterMissing(LLMRequestError):
+    """The backend no longer holds the adapter asked for (a restarted server, or another
+    process swapped it out): the registry says what to serve next."""
+
+
 class BackendNotInstalled(LLMError):
     """A backend whose packages (the `gpu` extra) or hardware are missing here."""
 

@@ -8,6 +8,7 @@ a clear error instead of waiting out every timeout.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import (
     AdapterInfo,
     AdapterLoadError,
+    AdapterMissing,
     Backend,
     Choice,
     CircuitOpen,
@@ -39,6 +41,8 @@ from dagster_platform.llm.base import (
 
 log = get_logger(__name__)
 T = TypeVar("T")
+_PROBE = (Message("user", "ok?"),)
+_PROBE_CONFIG = GenerationConfig(max_new_tokens=1, temperature=0.0)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -98,6 +102,7 @@ class LLMClient:
         self._adapter: AdapterInfo | None = None
         self._swap_lock = threading.Lock()
         self._last_failure: str | None = None
+        self._recover: Callable[[], object] | None = None
 
     # --- resilience --------------------------------------------------------------------------
 
@@ -152,16 +157,20 @@ class LLMClient:
         return Served(self.backend.name, model, self._adapter)
 
     def serve_adapter(self, adapter: AdapterInfo | None) -> Served:
-        """Load the new adapter first and only then unload the old one, so a failed load
-        keeps the previous adapter serving (the AdapterLoadError says why)."""
+        """Load the new adapter, check that it answers, and only then switch to it and unload
+        the old one, so a failed load keeps the previous adapter serving (the AdapterLoadError
+        says why). An adapter the backend lost (a restarted server) is loaded again: what
+        serves follows the caller, which reads the registry, not the server's memory."""
         with self._swap_lock:
             previous = self._adapter
-            if adapter == previous:
+            loaded = adapter is None or adapter.name in self.backend.loaded_adapters()
+            if adapter == previous and loaded:
                 return self.served
-            if adapter is not None and adapter.name not in self.backend.loaded_adapters():
+            if adapter is not None and not loaded:
                 self._call(
                     "load_adapter", lambda: self.backend.load_adapter(adapter.name, adapter.path)
                 )
+                self._probe(adapter)
             self._adapter = adapter
             if previous is not None and (adapter is None or previous.name != adapter.name):
                 try:
@@ -174,31 +183,61 @@ class LLMClient:
             log.info("llm serving", extra={"served": self.served.label})
             return self.served
 
+    def _probe(self, adapter: AdapterInfo) -> None:
+        """One token from the freshly loaded adapter; unloaded again when it cannot answer."""
+        try:
+            self._call("probe", lambda: self.backend.chat(_PROBE, _PROBE_CONFIG, adapter.name))
+        except LLMError as exc:
+            with contextlib.suppress(LLMError):
+                self.backend.unload_adapter(adapter.name)
+            raise AdapterLoadError(
+                f"adapter {adapter.name} loaded but did not answer: {exc}"
+            ) from exc
+
+    def on_adapter_missing(self, recover: Callable[[], object]) -> None:
+        """What to do when the backend no longer holds the served adapter (the service
+        re-reads the registry); without it, the adapter served is loaded again."""
+        self._recover = recover
+
+    def _recovered(self) -> None:
+        if self._recover is not None:
+            self._recover()
+            return
+        adapter, self._adapter = self._adapter, None
+        self.serve_adapter(adapter)
+
     @property
     def _adapter_name(self) -> str | None:
         return None if self._adapter is None else self._adapter.name
 
     # --- the interface -----------------------------------------------------------------------
 
+    def _served_call(self, what: str, fn: Callable[[str | None], T]) -> T:
+        """`fn(adapter name)` through the resilience; when the backend has lost the adapter,
+        recover once (see :meth:`on_adapter_missing`) and ask again with what serves then."""
+        try:
+            return self._call(what, lambda: fn(self._adapter_name))
+        except AdapterMissing as exc:
+            log.warning("llm adapter missing", extra={"call": what, "error": str(exc)})
+            self._recovered()
+            return self._call(what, lambda: fn(self._adapter_name))
+
     def chat(
         self, messages: Sequence[Message], config: GenerationConfig | None = None
     ) -> Completion:
         config = config or GenerationConfig()
-        adapter = self._adapter_name
-        return self._call("chat", lambda: self.backend.chat(messages, config, adapter))
+        return self._served_call("chat", lambda a: self.backend.chat(messages, config, a))
 
     def chat_batch(
         self, conversations: Sequence[Sequence[Message]], config: GenerationConfig | None = None
     ) -> list[Completion]:
         config = config or GenerationConfig()
-        adapter = self._adapter_name
-        return self._call(
-            "chat_batch", lambda: self.backend.chat_batch(conversations, config, adapter)
+        return self._served_call(
+            "chat_batch", lambda a: self.backend.chat_batch(conversations, config, a)
         )
 
     def choose(self, messages: Sequence[Message], choices: Sequence[str]) -> Choice:
-        adapter = self._adapter_name
-        choice = self._call("choose", lambda: self.backend.choose(messages, choices, adapter))
+        choice = self._served_call("choose", lambda a: self.backend.choose(messages, choices, a))
         if choice.label not in choices:
             raise LLMRequestError(f"the model answered {choice.label!r}, not one of {choices}")
         return choice
@@ -211,10 +250,9 @@ class LLMClient:
     ) -> tuple[M, Completion]:
         """An answer validated against `model`'s schema; StructuredOutputError when it is not."""
         config = config or GenerationConfig()
-        adapter = self._adapter_name
         schema = model.model_json_schema()
-        completion = self._call(
-            "structured", lambda: self.backend.structured(messages, schema, config, adapter)
+        completion = self._served_call(
+            "structured", lambda a: self.backend.structured(messages, schema, config, a)
         )
         try:
             return model.model_validate_json(completion.text), completion

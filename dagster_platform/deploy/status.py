@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,25 +12,21 @@ from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, KafkaUnavailable, list_topics
 from dagster_platform.lib.packaged_models import models_status
+from dagster_platform.lib.warehouse import open_warehouse
 from dagster_platform.settings import Settings
 
 
 def warehouse_status(
-    path: Path,
-    counts: Mapping[str, str] | None = None,
-    lock: threading.Lock | None = None,
-    wait_s: float = 5.0,
+    path: Path, counts: Mapping[str, str] | None = None, wait_s: float = 5.0
 ) -> dict[str, Any]:
     """What the warehouse holds: its tables, and for each name in `counts` the rows of that
-    table (0 while it does not exist). With `lock` (a process that also writes the file) it
-    waits at most `wait_s` for it, and says so rather than block."""
+    table (0 while it does not exist). It waits at most `wait_s` for a writer elsewhere, and
+    says so rather than block."""
     info: dict[str, Any] = {"path": str(path)}
     if not path.exists():
         return {**info, "state": "not created yet (materialize the ingestion group)"}
-    if lock is not None and not lock.acquire(timeout=wait_s):
-        return {**info, "state": "busy answering; counts not read"}
     try:
-        with duckdb.connect(str(path), read_only=True) as conn:
+        with open_warehouse(path, read_only=True, wait_seconds=wait_s) as conn:
             tables = [row[0] for row in conn.execute("SHOW TABLES").fetchall()]
             rows = {
                 name: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -41,9 +36,6 @@ def warehouse_status(
             }
     except duckdb.Error as exc:  # another process holds the write lock
         return {**info, "state": f"exists; not readable now ({exc})"}
-    finally:
-        if lock is not None:
-            lock.release()
     return {**info, "state": "ready", "tables": tables, **rows}
 
 
@@ -70,6 +62,19 @@ def broker_status(settings: Settings) -> dict[str, Any]:
     return info
 
 
+def llm_status(settings: Settings) -> dict[str, Any]:
+    """Which backend answers now, and the local vLLM server's state when it is the one."""
+    from dagster_platform.llm.service import local_vllm_server, resolve_backend
+
+    backend, url, _ = resolve_backend(settings)
+    info: dict[str, Any] = {"setting": settings.llm_backend, "answers_with": backend}
+    if backend == "vllm-server":
+        info["vllm_url"] = url
+        if not settings.vllm_base_url:
+            info["local_vllm"] = local_vllm_server(settings).status()
+    return info
+
+
 def collect_status(settings: Settings) -> dict[str, Any]:
     data_files = {s.name: (settings.data_dir / s.path).exists() for s in SOURCES}
     return {
@@ -78,6 +83,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "warehouse": warehouse_status(settings.warehouse_path),
         "broker": broker_status(settings),
         "models": models_status(settings.models_dir),
+        "llm": llm_status(settings),
         "dagster_home": {
             "path": str(settings.dagster_home),
             "configured": (settings.dagster_home / "dagster.yaml").is_file(),

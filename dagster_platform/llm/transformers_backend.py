@@ -19,10 +19,10 @@ from typing import Any
 from dagster_platform.lib.logs import get_logger
 from dagster_platform.llm.base import (
     AdapterLoadError,
+    AdapterMissing,
     Choice,
     Completion,
     GenerationConfig,
-    LLMRequestError,
     LLMUnavailable,
     Message,
     choice_options,
@@ -148,7 +148,7 @@ class TransformersBackend:
         with self._lock:
             self._ensure_loaded()
             if adapter is not None and adapter not in self._adapters:
-                raise LLMRequestError(
+                raise AdapterMissing(
                     f"adapter {adapter!r} is not loaded (loaded: {self._adapters})"
                 )
             if not self._adapters:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -125,24 +126,28 @@ class ToolContext:
     retriever_factory: Callable[[], HybridRetriever] | None = None
     _retriever: HybridRetriever | None = field(default=None, init=False, repr=False)
     _ontology: LoadedOntology | None = field(default=None, init=False, repr=False)
+    # concurrent first questions must open one vector store, not one each on the same folder
+    _opening: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def retriever(self) -> HybridRetriever:
-        if self._retriever is None:
-            if self.retriever_factory is None:
-                raise ToolFailure("the knowledge base is not available to this assistant")
-            try:
-                self._retriever = self.retriever_factory()
-            except Exception as exc:  # not cached: the next call tries again
-                raise ToolFailure(f"the knowledge base cannot be opened: {exc}") from exc
-        return self._retriever
+        with self._opening:
+            if self._retriever is None:
+                if self.retriever_factory is None:
+                    raise ToolFailure("the knowledge base is not available to this assistant")
+                try:
+                    self._retriever = self.retriever_factory()
+                except Exception as exc:  # not cached: the next call tries again
+                    raise ToolFailure(f"the knowledge base cannot be opened: {exc}") from exc
+            return self._retriever
 
     def ontology(self) -> LoadedOntology:
-        if self._ontology is None:
-            try:
-                self._ontology = load_ontology(self.settings.ontology_dir)
-            except OntologyError as exc:
-                raise ToolFailure(f"the ontology is invalid: {exc}") from exc
-        return self._ontology
+        with self._opening:
+            if self._ontology is None:
+                try:
+                    self._ontology = load_ontology(self.settings.ontology_dir)
+                except OntologyError as exc:
+                    raise ToolFailure(f"the ontology is invalid: {exc}") from exc
+            return self._ontology
 
 
 # --- declarations ----------------------------------------------------------------------------

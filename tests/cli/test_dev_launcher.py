@@ -14,6 +14,11 @@ import pytest
 
 from dagster_platform.ingestion.sources import SOURCES
 from dagster_platform.kafka.broker import EmbeddedBroker, free_port
+from dagster_platform.llm.service import resolve_backend
+from dagster_platform.llm.vllm_local import LocalVLLMServer
+from dagster_platform.settings import Settings
+from tests.support.tiny_models import PREPARED_LLM
+from tests.support.vllm import SHARED_ENVIRONMENT
 
 
 def graphql(port: int, query: str) -> dict:
@@ -52,17 +57,24 @@ def non_empty(path: Path, tables: set[str]) -> bool:
 @pytest.mark.slow
 @pytest.mark.models
 @pytest.mark.kafka
+@pytest.mark.vllm
 def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    ui_port, broker_port = free_port(), free_port()
+    ui_port, broker_port, vllm_port = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     env = {
         **os.environ,
         "DAGSTER_PLATFORM_STATE": str(state),
         "DAGSTER_PLATFORM_DATA": str(data_dir),
         "DAGSTER_PLATFORM_BROKER_PORT": str(broker_port),
+        # the vLLM server it starts: the environment and model `make test` prepared
+        "DAGSTER_PLATFORM_VLLM_ENV": str(SHARED_ENVIRONMENT.root),
+        "DAGSTER_PLATFORM_VLLM_PORT": str(vllm_port),
+        "BASE_MODEL": str(PREPARED_LLM),
     }
+    for name in ("LLM_BACKEND", "VLLM_BASE_URL"):
+        env.pop(name, None)
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     env.pop("DAGSTER_HOME", None)
     log = (tmp_path / "dev.log").open("w")
@@ -84,6 +96,7 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
         stderr=subprocess.STDOUT,
     )
     broker = EmbeddedBroker(broker_port, state / "broker")
+    vllm = LocalVLLMServer(SHARED_ENVIRONMENT, state / "vllm", PREPARED_LLM, vllm_port)
     try:
         wait_for(broker.reachable, 60, "the embedded broker")
         nodes = wait_for(
@@ -130,11 +143,18 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
             lambda: non_empty(warehouse, {"document_chunks"}), 180, "the knowledge base to chunk"
         )
         assert (state / "dagster_home" / "dagster.yaml").is_file()
+        # the serving engine came up beside them, and the platform answers through it
+        wait_for(vllm.healthy, 300, "the vLLM server")
+        assert vllm.status()["model"] == PREPARED_LLM.name
+        live = Settings(state_dir=state, base_model=str(PREPARED_LLM), vllm_port=vllm_port)
+        resolved = resolve_backend(live)
+        assert resolved[:2] == ("vllm-server", vllm.base_url)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(90)
         log.close()
     assert not broker.reachable(timeout=1.0), "the broker outlived dagster-platform dev"
+    assert not vllm.healthy() and vllm.process.running_pid() is None, "vLLM outlived dev"
     assert not broker.pid_file.exists()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=2)

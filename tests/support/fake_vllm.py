@@ -1,12 +1,13 @@
 """A FAKE vLLM OpenAI-compatible server for tests; it is not vLLM and runs no model.
 
-It answers over real HTTP with the request and response shapes vLLM documents for
-``vllm serve`` (``/health``, ``/v1/models``, ``/v1/chat/completions`` with
-``structured_outputs``, and the runtime LoRA routes enabled by
-``VLLM_ALLOW_RUNTIME_LORA_UPDATING``), so the vllm-server backend can be tested without a GPU.
-Answers are deterministic; faults (HTTP 500, slow answers, a stopped server, a model whose text
-is empty, echoes the question or invents an id: `reply`) are injected on demand and every
-request is recorded for assertions. The real server cannot be made to show these on demand.
+It stays only for what the real server (tests/support/vllm.py, the tests marked `vllm`) cannot
+be made to do on demand: malformed bodies, timeouts and slow answers, HTTP 5xx, and a model
+whose text is empty, echoes the question or invents an id (`reply`). Everything else — chat,
+structured output, adapters loaded, swapped and refused, promotion, a restart, the server
+down — is tested against the real one. It answers over real HTTP with the request and response
+shapes vLLM documents for ``vllm serve`` (``/health``, ``/v1/models``,
+``/v1/chat/completions`` with ``structured_outputs``, and the runtime LoRA routes enabled by
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING``); answers are deterministic and every request is recorded.
 """
 
 from __future__ import annotations

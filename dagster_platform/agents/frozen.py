@@ -144,14 +144,24 @@ def _embed(settings: Settings, frozen: Settings, chunks: list[Chunk]) -> None:
         )
 
 
+def _same_llm(settings: Settings) -> dict[str, object]:
+    """The live state's vLLM server, named by its URL: a local server is found by the pid file
+    of the live state folder, which the frozen copy does not have."""
+    from dagster_platform.llm.service import resolve_backend
+
+    backend, url, _ = resolve_backend(settings)
+    return {"llm_backend": backend, "vllm_base_url": url} if backend == "vllm-server" else {}
+
+
 def build_frozen_state(settings: Settings, target: Path, embed: bool = True) -> Settings:
     """The settings of a frozen evaluation state in `target`, built from `settings`' sample
     data, ontology and prepared models; reused when `target` already holds one of the same
     sample (its warehouse then restored to the state as built).
 
     The copy points nowhere live: its warehouse and chroma are in `target`, no chroma server
-    and no YARN ResourceManager are configured. The model registry stays the live one, so the
-    frozen state is answered by the same champion adapter as production.
+    and no YARN ResourceManager are configured. The model registry and the vLLM server stay
+    the live ones, so the frozen state is answered by the same champion adapter and engine as
+    production.
     """
     target = Path(target).resolve()
     if target == settings.state_dir.resolve():
@@ -162,6 +172,7 @@ def build_frozen_state(settings: Settings, target: Path, embed: bool = True) -> 
             "chroma_host": None,
             "yarn_resource_manager_url": None,
             "mlflow_tracking_uri": settings.resolved_mlflow_tracking_uri,
+            **_same_llm(settings),
         }
     )
     wanted: dict[str, object] = {

@@ -25,7 +25,7 @@ from dagster_platform.finetune.gate import METRIC_DIRECTIONS, CandidateMetrics, 
 from dagster_platform.knowledge.tokens import tokenize
 from dagster_platform.lib import charts
 from dagster_platform.lib.logs import get_logger
-from dagster_platform.llm.base import AdapterInfo, LLMError
+from dagster_platform.llm.base import AdapterInfo, Backend, LLMError
 from dagster_platform.llm.registry import CHALLENGER, CHAMPION, AdapterRegistry
 from dagster_platform.llm.transformers_backend import TransformersBackend, shared_backend
 from dagster_platform.settings import Settings
@@ -268,18 +268,23 @@ def _check(candidates: Sequence[Candidate], eval_rows: Sequence[dict[str, Any]])
 class _AgentBench:
     """The golden questions through the real assistant pinned to one candidate, each run on
     the frozen warehouse as it was before the first (a candidate's kill proposals and
-    interactions never change what the next one sees)."""
+    interactions never change what the next one sees). The assistant answers through the
+    serving engine the platform answers with: the vLLM server when it is configured (each
+    candidate loaded into it while it is scored), else the in-process backend."""
 
     def __init__(
         self, settings: Settings, backend: TransformersBackend, base_model: str, folder: Path
     ):
-        from dagster_platform.llm.service import LLMConfig
+        from dagster_platform.llm.service import LLMConfig, make_backend
 
         self.settings = settings
-        self.backend = backend
-        self.llm_config = replace(
-            LLMConfig.from_settings(settings), backend="transformers", base_model=base_model
-        )
+        configured = LLMConfig.from_settings(settings)
+        if configured.backend == "vllm-server":
+            self.backend: Backend = make_backend(configured)
+            self.llm_config = configured
+        else:
+            self.backend = backend
+            self.llm_config = replace(configured, backend="transformers", base_model=base_model)
         self.pristine = folder / "warehouse.duckdb"
         shutil.copyfile(settings.warehouse_path, self.pristine)
 
@@ -308,6 +313,8 @@ class _AgentBench:
             held_out = run_cases(assistant, headline_cases) if headline_cases else []
         finally:
             assistant.close()
+            if self.backend.name == "vllm-server":  # the candidate leaves the server's slots
+                client.serve_adapter(None)
         if service.warning:
             raise LLMError(service.warning)
         measured = metrics(results)

@@ -11,11 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
 from dagster_platform.agents.assistant import Assistant
+from dagster_platform.agents.evaluation import load_cases
 from dagster_platform.agents.frozen import build_frozen_state
+from dagster_platform.finetune.evaluation import Candidate, evaluate_candidates
 from dagster_platform.finetune.gate import DEFAULT_GATE, CandidateMetrics, GateConfig, decide
 from dagster_platform.finetune.promotion import promote, rollback
 from dagster_platform.lib.warehouse import open_warehouse
@@ -27,7 +30,7 @@ from dagster_platform.llm.vllm_local import LocalVLLMServer
 from dagster_platform.llm.vllm_server import VLLMServerBackend
 from dagster_platform.settings import REPO_ROOT, Settings
 from tests.support.registry import NAME, log_adapter_run
-from tests.support.state import live_settings
+from tests.support.state import SAMPLE_DIR, live_settings
 from tests.support.tiny_models import PREPARED_LLM
 from tests.support.vllm import SHARED_ENVIRONMENT, build_lora
 
@@ -194,6 +197,49 @@ def test_promotion_and_rollback_switch_every_process_to_the_champion(
     promoting.client.serve_adapter(None)
 
 
+def _requests_served(server: LocalVLLMServer) -> float:
+    """vLLM's own count of finished requests, from its Prometheus endpoint."""
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def test_the_evaluation_asks_its_golden_questions_through_the_server(
+    vllm_server: LocalVLLMServer, adapters: dict[str, Path], frozen: Settings
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(PREPARED_LLM)
+    messages = [{"role": "user", "content": "How busy is etl-prod?"}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rows = [{"messages": json.dumps(messages), "prompt": prompt, "completion": "Very busy."}]
+    shipped = GateConfig.load(DEFAULT_GATE)
+    sizes = {"max_eval_examples": 1, "max_new_tokens": 4, "agent_cases": 1, "headline_cases": 0}
+    config = shipped.model_copy(update={"evaluation": shipped.evaluation.model_copy(update=sizes)})
+    served = frozen.model_copy(
+        update={"llm_backend": "vllm-server", "vllm_base_url": vllm_server.base_url}
+    )
+    before = _requests_served(vllm_server)
+    report = evaluate_candidates(
+        [
+            Candidate("challenger", AdapterInfo("ops-v1", adapters["a"], "1"), "1"),
+            Candidate("base", None),
+        ],
+        rows,
+        base_model_path=PREPARED_LLM,
+        config=config,
+        agent_cases=load_cases(SAMPLE_DIR / "golden_questions.jsonl"),
+        assistant_settings=served,
+    )
+    assert [c.error for c in report.candidates] == [None, None]
+    assert all("routing_accuracy" in c.metrics for c in report.candidates)
+    assert _requests_served(vllm_server) > before  # the assistant asked the server
+    assert VLLMServerBackend(vllm_server.base_url).loaded_adapters() == []  # and cleaned up
+
+
 ENGINE_SCRIPT = """
 import sys
 from pathlib import Path
@@ -242,8 +288,6 @@ def test_the_in_process_engine_runs_for_real_in_the_vllm_environment(
 
 @pytest.fixture(scope="module")
 def frozen(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from tests.support.state import SAMPLE_DIR
-
     root = tmp_path_factory.mktemp("vllm-frozen")
     return build_frozen_state(
         live_settings(root / "live", SAMPLE_DIR), root / "frozen", embed=False

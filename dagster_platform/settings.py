@@ -217,6 +217,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DAGSTER_PLATFORM_API_RATE_LIMIT", "api_rate_limit"),
         description="Requests one API key may make, in the `limits` notation (e.g. 30/minute).",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        repr=False,
+        pattern=r"^https?://\S+$",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_WEBHOOK_URL", "webhook_url"),
+        description="A Slack-compatible incoming webhook (http or https URL) that new action "
+        "proposals and their outcomes are posted to; unset posts nothing. Kept out of logs: "
+        "such a URL is a credential.",
+    )
     finetune_feedback_threshold: int = Field(
         default=20,
         ge=1,

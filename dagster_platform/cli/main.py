@@ -24,6 +24,7 @@ from dagster_platform.cli import (
     ontology,
     produce,
     status,
+    users,
     vllm,
 )
 from dagster_platform.lib.logs import configure_cli_logging
@@ -37,6 +38,7 @@ app.add_typer(ontology.ontology_app, name="ontology")
 app.add_typer(actions.actions_app, name="actions")
 app.add_typer(knowledge.knowledge_app, name="knowledge")
 app.add_typer(adapters.adapters_app, name="adapters")
+app.add_typer(users.users_app, name="users")
 app.command("ask")(agents.ask)
 app.command("feedback")(feedback.feedback)
 app.command("serve")(feedback.serve)

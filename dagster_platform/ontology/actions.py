@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
@@ -64,6 +64,10 @@ _DDL = (
     "l.recorded_at AS updated_at, l.detail, l.retryable "
     "FROM latest l JOIN proposal p USING (action_id)",
 )
+
+
+StepListener = Callable[["ActionStatus"], None]
+_listeners: list[StepListener] = []
 
 
 class ActionError(ValueError):
@@ -164,6 +168,30 @@ def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
         conn.rollback()
         raise
     conn.commit()  # a write conflict raises here, already rolled back
+
+
+# --- announcing proposals and outcomes ------------------------------------------------------
+
+
+def add_listener(listener: StepListener) -> Callable[[], None]:
+    """Call `listener` with the action as it stands after each proposal, execution (done or
+    failed) and rejection, wherever it happens (CLI, API, console); returns its remover. A
+    listener must not block (a webhook notifier queues); one that raises is logged, never
+    raised to the person deciding."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+def _announced(status: ActionStatus) -> ActionStatus:
+    for listener in list(_listeners):
+        try:
+            listener(status)
+        except Exception as exc:
+            log.error(
+                "action listener failed",
+                extra={"action_id": status.action_id, "step": status.status, "error": str(exc)},
+            )
+    return status
 
 
 # --- parameters and preconditions ------------------------------------------------------------
@@ -439,7 +467,7 @@ def _failed_for_good(
 ) -> ActionStatus:
     detail = f"precondition no longer met: {'; '.join(unmet)}"
     _insert(conn, subject, "failed", user, detail=detail, retryable=False)
-    return status_of(conn, subject.action_id)
+    return _announced(status_of(conn, subject.action_id))
 
 
 # --- the steps -------------------------------------------------------------------------------
@@ -474,6 +502,7 @@ def propose(
     subject = Subject(f"act-{uuid.uuid4().hex[:12]}", action_type, action.target, target_key, clean)
     claim = f"{subject.action_id}:proposed"
     _insert(conn, subject, "proposed", proposed_by, detail=why, claim=claim)
+    _announced(status_of(conn, subject.action_id))
     return subject.action_id
 
 
@@ -593,14 +622,14 @@ def execute(
         )
     except EffectFailed as exc:
         _insert(conn, subject, "failed", user, detail=str(exc), result=exc.done, retryable=True)
-        return status_of(conn, action_id)
+        return _announced(status_of(conn, action_id))
     command = result["command"]
     summary = f"command on {command['topic']}[{command['partition']}] at {command['offset']}"
     if "yarn" in result:
         summary += f"; ResourceManager answered HTTP {result['yarn']['http_status']}"
     claim = f"{action_id}:executed"
     _insert(conn, subject, "executed", user, detail=summary, result=result, claim=claim)
-    return status_of(conn, action_id)
+    return _announced(status_of(conn, action_id))
 
 
 def reject(conn: duckdb.DuckDBPyConnection, action_id: str, user: str, why: str) -> ActionStatus:
@@ -609,4 +638,4 @@ def reject(conn: duckdb.DuckDBPyConnection, action_id: str, user: str, why: str)
     if not why.strip():
         raise ActionError("say why the action is rejected")
     _decide(conn, subject, "rejected", user, why)
-    return status_of(conn, action_id)
+    return _announced(status_of(conn, action_id))

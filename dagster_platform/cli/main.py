@@ -5,6 +5,7 @@ Materializations go through Dagster's own CLI and UI.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -28,6 +29,7 @@ from dagster_platform.cli import (
     vllm,
 )
 from dagster_platform.lib.logs import configure_cli_logging
+from dagster_platform.settings import get_settings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 # one line per command group or command; each lives in its own module
@@ -52,6 +54,13 @@ app.command("dev")(dev.dev)
 
 @app.callback()
 def _main(
-    log_level: Annotated[str, typer.Option(help="Log level of the JSON logs on stderr.")] = "INFO",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the log lines on stderr too.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Level of the JSON log lines.")] = "INFO",
 ) -> None:
-    configure_cli_logging(log_level.upper())
+    """Log lines go to `<state>/logs/cli.log`; the terminal gets what each command did."""
+    if not verbose:  # model loading draws progress bars; a command's output is its result
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    log_file = get_settings().logs_dir / "cli.log"
+    configure_cli_logging(log_level.upper(), log_file=log_file, verbose=verbose)

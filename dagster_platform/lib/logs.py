@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dagster_platform.lib.redaction import scrub
@@ -160,15 +161,36 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_cli_logging(level: str = "INFO") -> None:
-    """JSON logs on stderr for the console command; idempotent."""
+def configure_cli_logging(
+    level: str = "INFO", log_file: Path | None = None, verbose: bool = False
+) -> None:
+    """A command prints what it did; its log lines (JSON, masked) go to `log_file`, and to
+    stderr only with `verbose` — errors reach stderr always. Idempotent."""
     root = logging.getLogger("dagster_platform")
     root.setLevel(level)
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler | _CliFileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    stderr = _StderrHandler()
+    stderr.setLevel(level if verbose or log_file is None else logging.ERROR)
+    handlers: list[logging.Handler] = [stderr]
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(_CliFileHandler(log_file))
+        except OSError:  # a read-only state folder must not stop the command
+            stderr.setLevel(level)
+    for handler in handlers:
         handler.setFormatter(JsonFormatter())
         handler.addFilter(MaskingFilter())
         root.addHandler(handler)
+
+
+class _CliFileHandler(logging.FileHandler):
+    """The command's log file, opened on the first record (most commands never log)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
 
 
 def dagster_python_logs_config(log_file: str, level: str = "INFO") -> dict[str, Any]:

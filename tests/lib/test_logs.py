@@ -9,6 +9,7 @@ from dagster_platform.lib.logs import (
     MASK,
     JsonFormatter,
     MaskingFilter,
+    configure_cli_logging,
     dagster_python_logs_config,
     get_logger,
     mask,
@@ -169,3 +170,25 @@ def test_a_filter_never_raises() -> None:
     record = _record("value %s", (Unprintable(),))
     assert MaskingFilter().filter(record) is True
     assert record.getMessage() == MASK
+
+
+def test_a_command_logs_to_its_file_and_prints_only_errors_unless_verbose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_file = tmp_path / "logs" / "cli.log"
+    logger = get_logger("dagster_platform.tests.cli")
+    try:
+        configure_cli_logging("INFO", log_file=log_file)
+        logger.info("landed", extra={"rows": 3, "api_key": "sk-live-123"})
+        logger.error("broker down")
+        quiet = capsys.readouterr().err
+        configure_cli_logging("INFO", log_file=log_file, verbose=True)
+        logger.info("asked")
+        loud = capsys.readouterr().err
+    finally:
+        configure_cli_logging("INFO")
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [line["message"] for line in lines] == ["landed", "broker down", "asked"]
+    assert lines[0]["rows"] == 3 and lines[0]["api_key"] == MASK
+    assert "landed" not in quiet and "broker down" in quiet
+    assert "asked" in loud

@@ -1,5 +1,9 @@
 """One incident report per alert: the `new_alerts` sensor follows `ops-alerts` in Kafka
-(never the warehouse), adds a dynamic partition per alert id and requests its report."""
+(never the warehouse), adds a dynamic partition per alert id and requests its report.
+
+A report needs the ontology and the knowledge base; on a fresh state the simulator's first
+alert can come before they exist, so until they have been materialized the sensor skips,
+saying so, and leaves the alerts in Kafka (uncommitted) for its next tick."""
 
 import dagster as dg
 
@@ -7,6 +11,10 @@ from assets.agents import ALERT_PARTITIONS
 from dagster_platform.kafka.alert_follower import AlertFollower
 from dagster_platform.kafka.topics import KafkaUnavailable
 from resources import KafkaResource
+
+REPORT_INPUTS = [
+    dg.AssetKey(name) for name in ("ontology_objects", "ontology_links", "document_chunks")
+]
 
 incident_reports_job = dg.define_asset_job(
     "incident_reports_job", selection=["incident_reports"], partitions_def=ALERT_PARTITIONS
@@ -23,6 +31,16 @@ incident_reports_job = dg.define_asset_job(
 def new_alerts(
     context: dg.SensorEvaluationContext, kafka: KafkaResource
 ) -> dg.SensorResult | dg.SkipReason:
+    missing = [
+        key.to_user_string()
+        for key in REPORT_INPUTS
+        if context.instance.get_latest_materialization_event(key) is None
+    ]
+    if missing:
+        return dg.SkipReason(
+            f"waiting for {', '.join(missing)} to be materialized: a report needs the "
+            "ontology and the knowledge base (new alerts stay in Kafka until then)"
+        )
     follower = AlertFollower(kafka.servers)
     try:
         try:

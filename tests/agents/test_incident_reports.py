@@ -21,7 +21,7 @@ from dagster_platform.kafka.events import ALERT_EVENTS, AlertV1, encode
 from dagster_platform.kafka.topics import PLATFORM_TOPICS, ensure_topics
 from dagster_platform.settings import Settings
 from resources import KafkaResource
-from sensors.alert_sensors import new_alerts
+from sensors.alert_sensors import REPORT_INPUTS, new_alerts
 from tests.support.state import live_settings
 
 KAFKA = {"kafka": KafkaResource()}  # the broker of KAFKA_BOOTSTRAP_SERVERS, as set per test
@@ -49,6 +49,11 @@ def _produce(bootstrap: str, values: list[bytes]) -> None:
     producer.flush(10)
 
 
+def _report_inputs_built(instance: dg.DagsterInstance) -> None:
+    for key in REPORT_INPUTS:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+
+
 def test_the_follower_reads_each_alert_once(kafka_broker: EmbeddedBroker) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     ensure_topics(bootstrap, PLATFORM_TOPICS)
@@ -74,6 +79,13 @@ def test_the_sensor_adds_a_partition_and_a_run_per_alert(
     alert_id = f"al-{uuid.uuid4().hex[:8]}"
     _produce(bootstrap, [encode(_alert(alert_id))])
     with dg.instance_for_test() as instance:
+        # a fresh state: the alert waits in Kafka until the ontology and knowledge base exist
+        early = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
+        assert isinstance(early, dg.SkipReason)
+        assert "waiting for ontology_objects, ontology_links, document_chunks" in (
+            early.skip_message or ""
+        )
+        _report_inputs_built(instance)
         result = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
         assert isinstance(result, dg.SensorResult)
         keys = {r.partition_key for r in result.run_requests}
@@ -90,6 +102,7 @@ def test_the_sensor_skips_with_a_reason_when_the_broker_is_down(
 ) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")
     with dg.instance_for_test() as instance:
+        _report_inputs_built(instance)
         result = new_alerts(dg.build_sensor_context(instance=instance, resources=KAFKA))
     assert isinstance(result, dg.SkipReason) and "broker unreachable" in result.skip_message
 

@@ -13,6 +13,7 @@ from dagster_platform.definitions import defs
 from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.events import SparkJobEventV1, encode
 from dagster_platform.kafka.rollups import ROLLUPS
+from dagster_platform.kafka.write import ConcurrentLanding
 from resources import KafkaResource, WarehouseResource
 from sensors.stream_sensors import STREAM_TAG, stream_sensors
 from tests.support.events import T0, produce, samples
@@ -182,3 +183,26 @@ def test_sensor_respects_the_configured_interval(
         first = sensor_tick(RAW, instance, resources)
         second = sensor_tick(RAW, instance, resources, cursor=first.cursor)
     assert "next check" in skipped(second)
+
+
+def test_an_overtaken_landing_run_is_a_skip_not_a_failure(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FAKE overtake: `land_stream` raises what the writer raises when another run committed
+    the same partitions first (tests/kafka/test_landing.py makes the real one happen); the
+    asset's answer to it is what is tested here."""
+    import assets.streaming
+
+    def overtaken(*_args: object, **_kwargs: object) -> None:
+        raise ConcurrentLanding("raw-data-stream partition 0 advanced since this run started")
+
+    produce(private_broker, "raw-data-stream", samples(1))
+    assert dg.materialize(landing_assets[:1], resources=resources).success  # the tables exist
+    monkeypatch.setattr(assets.streaming, "land_stream", overtaken)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(landing_assets[:1], resources=resources, instance=instance)
+        logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    assert result.asset_materializations_for_node(landing_assets[0].node_def.name) == []
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert any("skipped, another run landed this range" in m for m in logged)

@@ -20,8 +20,9 @@ ALLOWED: dict[str, set[str]] = {
     "knowledge": BASE | {"ingestion", "ontology"},
     "agents": BASE | {"ingestion", "kafka", "knowledge", "llm", "ontology"},
     "finetune": BASE | {"agents", "ingestion", "kafka", "knowledge", "llm", "ontology"},
-    "deploy": BASE | {"ingestion", "kafka"},
-    "api": BASE | {"agents", "deploy", "finetune", "kafka"},
+    "deploy": BASE | {"ingestion", "kafka", "llm"},
+    "console": BASE | {"agents", "deploy", "finetune", "kafka", "llm", "ontology"},
+    "api": BASE | {"agents", "console", "deploy", "finetune", "kafka"},
 }
 DAGSTER_LAYER = {"assets", "resources", "sensors"}
 

@@ -11,6 +11,11 @@ side by side, so a vLLM server batches the generations of everyone asking at onc
 both reads and writes the warehouse file; `open_warehouse` shares this process's one
 connection to it, readers together and writers in turn.
 
+The ops console (`dagster_platform.console`) is mounted at `/ui` on the same app and shares the
+one assistant and feedback producer (`Services`); it signs people in with their own passwords
+and session cookies, never API keys. Proposals and outcomes are posted to the webhook of the
+settings, wherever they happen in this process.
+
 `GET /metrics` is the exception to keys and limit: Prometheus scrapes without a key, so it
 answers without one, is not rate limited, and is left out of the request metrics it serves.
 It holds counts and latencies by route template, method, status, agent route and rating —
@@ -44,6 +49,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dagster_platform import __version__
 from dagster_platform.agents import interactions
 from dagster_platform.agents.assistant import Assistant, QuestionRejected
+from dagster_platform.console import notify
+from dagster_platform.console.routes import mount_console
 from dagster_platform.deploy.status import broker_status, warehouse_status
 from dagster_platform.finetune.feedback import (
     MAX_ID_CHARS,
@@ -308,8 +315,10 @@ def create_app(
     api_keys: Mapping[str, str] | None = None,
     rate_limit: str | None = None,
     publish_timeout_s: float = 10.0,
+    console: bool = True,
 ) -> FastAPI:
-    """The API over one deployment's settings; keys and limit default to the settings'."""
+    """The API over one deployment's settings; keys and limit default to the settings'. With
+    `console`, the ops console at `/ui` too."""
     keys = ApiKeys(api_keys if api_keys is not None else configured_keys(settings))
     limit = rate_limit or settings.api_rate_limit
     try:
@@ -336,6 +345,7 @@ def create_app(
     app.add_middleware(SlowAPIASGIMiddleware)
     app.add_middleware(RequestMetrics, metrics_dir=settings.metrics_dir)
     app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    notify.install(settings.webhook_url)
 
     @app.get(METRICS_PATH, include_in_schema=False)
     @app.state.limiter.exempt
@@ -415,6 +425,8 @@ def create_app(
             ),
         }
 
+    if console:
+        app.state.console_sessions = mount_console(app, services)
     return app
 
 

@@ -214,3 +214,11 @@ def install(url: str | None) -> WebhookNotifier | None:
             atexit.register(notifier.close)
             _installed[url] = notifier
         return _installed[url]
+
+
+def uninstall(url: str) -> None:
+    """Post what the notifier for `url` holds, then stop it (tests; a process ends with exit)."""
+    with _install_lock:
+        notifier = _installed.pop(url, None)
+    if notifier is not None:
+        notifier.close()

@@ -1,5 +1,5 @@
 """Fine-tuning on CPU: training tokens/s and peak memory of `train_adapter` (what the
-`lora_adapter` asset runs) against a bare peft training loop.
+`lora_adapter` asset runs) against a bare peft training loop, and of QLoRA against LoRA.
 
 - Data: a dataset version written by the real builder (`dagster_platform.finetune.dataset`)
   from the sample: a pair per runbook section, and the symptoms, root cause and resolution of
@@ -8,9 +8,13 @@
   the same tokenisation, example order, batches, optimizer (fused AdamW), schedule and gradient
   clipping. The bare loop is a plain torch loop over a DataLoader: no Trainer, no callbacks,
   no MLflow. Tokens are the non-padding tokens trained on; both paths must count the same.
-- Each measured run is its own subprocess, so peak memory (`ru_maxrss`) is that path's alone;
-  ROUNDS rounds alternate which path goes first, and medians are compared. Tokens/s is over
-  the training loop; wall time (model load, tokenising, saving, MLflow) is reported beside it.
+- QLoRA is the asset path with `qlora: true` (4-bit NF4 base weights, bf16 compute, peft's
+  k-bit preparation with its gradient checkpointing) on the same recipe and batches; the
+  asset path itself pins `qlora: false`, so asset, bare and qlora are three fixed trainings.
+- Each measured run is its own subprocess, so peak memory (`ru_maxrss`, loading included) is
+  that path's alone; ROUNDS rounds rotate which path goes first, and medians are compared.
+  Tokens/s is over the training loop; wall time (model load, tokenising, saving, MLflow) is
+  reported beside it. `peak_memory_mb_reported_*` is what `train_adapter` itself reports.
 - Then `dagster-platform demo` runs as a user would, on a fresh state, against its budget of
   15 minutes on this machine.
 """
@@ -57,7 +61,7 @@ QUESTIONS = (
     ("root_cause", "What was the root cause of incident {id} ({title})?"),
     ("resolution", "How was incident {id} ({title}) resolved?"),
 )
-PATHS = ("asset", "bare")
+PATHS = ("asset", "bare", "qlora")  # qlora: the asset path on 4-bit base weights
 DEMO_BUDGET_S = 15 * 60
 
 
@@ -165,14 +169,21 @@ def asset_path(
         "tokens_per_s": result.tokens_per_s,
         "train_s": result.train_s,
         "wall_s": result.wall_s,
+        "reported_peak_memory_mb": result.peak_memory_mb,
+        "qlora": result.qlora,
     }
+
+
+def path_recipe(path: str, recipe: Recipe) -> Recipe:
+    """The recipe a path trains: QLoRA for `qlora` only, whatever the recipe's `auto` picks."""
+    return recipe.model_copy(update={"qlora": path == "qlora"})
 
 
 def measure(path: str, recipe: Recipe, dataset_dir: Path, base_model: str, workdir: Path) -> dict:
     """One run of one path in a fresh interpreter: its figures and its peak resident memory."""
     job = {
         "path": path,
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": path_recipe(path, recipe).model_dump(mode="json"),
         "dataset_dir": str(dataset_dir),
         "base_model": base_model,
         "workdir": str(workdir),
@@ -192,10 +203,10 @@ def measure(path: str, recipe: Recipe, dataset_dir: Path, base_model: str, workd
 def _measure_here(job: dict[str, Any]) -> dict[str, Any]:
     recipe = Recipe.model_validate(job["recipe"])
     dataset_dir, workdir = Path(job["dataset_dir"]), Path(job["workdir"])
-    if job["path"] == "asset":
-        figures = asset_path(recipe, dataset_dir, job["base_model"], workdir)
-    else:
+    if job["path"] == "bare":
         figures = bare_peft_loop(recipe, dataset_dir, job["base_model"])
+    else:
+        figures = asset_path(recipe, dataset_dir, job["base_model"], workdir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {**figures, "peak_memory_mb": peak}
 
@@ -206,33 +217,39 @@ def _measure_here(job: dict[str, Any]) -> dict[str, Any]:
 def training_throughput(
     recipe: Recipe, dataset_dir: Path, base_model: str, rounds: int, workdir: Path
 ) -> dict[str, Any]:
-    """Asset against bare, alternating which goes first round by round; medians compared."""
+    """Asset against bare, and QLoRA against the asset's LoRA, rotating which path goes first
+    round by round; medians compared."""
     runs: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
     for round_ in range(rounds):
-        order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
-        for path in order:
+        shift = round_ % len(PATHS)
+        for path in PATHS[shift:] + PATHS[:shift]:
             runs[path].append(measure(path, recipe, dataset_dir, base_model, workdir))
-        _progress(
-            f"round {round_ + 1}/{rounds}: {runs['asset'][-1]['tokens_per_s']:.1f} tokens/s "
-            f"asset, {runs['bare'][-1]['tokens_per_s']:.1f} bare"
-        )
+        rates = ", ".join(f"{runs[path][-1]['tokens_per_s']:.1f} {path}" for path in PATHS)
+        _progress(f"round {round_ + 1}/{rounds}: tokens/s {rates}")
 
     def median(path: str, key: str) -> float:
         return statistics.median(run[key] for run in runs[path])
+
+    def same_tokens(*paths: str) -> bool:
+        return all(run["tokens"] == runs["asset"][0]["tokens"] for p in paths for run in runs[p])
 
     figures: dict[str, Any] = {
         "rounds": rounds,
         "steps": recipe.max_steps,
         "tokens_per_run": runs["asset"][0]["tokens"],
-        "same_tokens_asset_vs_bare": all(
-            run["tokens"] == runs["asset"][0]["tokens"] for path in PATHS for run in runs[path]
-        ),
+        "same_tokens_asset_vs_bare": same_tokens("asset", "bare"),
+        "same_tokens_qlora_vs_lora": same_tokens("qlora", "asset"),
+        "qlora_trained_qlora": all(run["qlora"] for run in runs["qlora"])
+        and not any(run["qlora"] for run in runs["asset"]),
     }
     for path in PATHS:
         figures[f"tokens_per_s_{path}"] = round(median(path, "tokens_per_s"), 1)
         figures[f"tokens_per_s_{path}_rounds"] = [round(r["tokens_per_s"], 1) for r in runs[path]]
         figures[f"peak_memory_mb_{path}"] = round(median(path, "peak_memory_mb"), 1)
         figures[f"wall_s_{path}"] = round(median(path, "wall_s"), 2)
+        if path != "bare":
+            reported = median(path, "reported_peak_memory_mb")
+            figures[f"peak_memory_mb_reported_{path}"] = round(reported, 1)
     figures["ratio_asset_vs_bare_tokens_per_s"] = round(
         median("asset", "tokens_per_s") / median("bare", "tokens_per_s"), 3
     )
@@ -241,6 +258,12 @@ def training_throughput(
     )
     figures["ratio_asset_vs_bare_wall_s"] = round(
         median("asset", "wall_s") / median("bare", "wall_s"), 3
+    )
+    figures["ratio_qlora_peak_memory"] = round(
+        median("qlora", "peak_memory_mb") / median("asset", "peak_memory_mb"), 3
+    )
+    figures["ratio_qlora_tokens_per_s"] = round(
+        median("qlora", "tokens_per_s") / median("asset", "tokens_per_s"), 3
     )
     return figures
 

@@ -28,6 +28,10 @@ from dagster_platform.settings import REPO_ROOT
 
 DEFAULT_RECIPE = REPO_ROOT / "data" / "finetune" / "recipe.yaml"
 ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear layer but the output head
+# On the CPU `qlora: auto` picks QLoRA once LoRA's fp32 base weights would take more than this
+# share of the available memory, the rest being for activations and the runtime (SmolLM2-135M
+# on the default recipe: 0.5 GB of weights in LoRA's 4.3 GB peak).
+QLORA_CPU_MEMORY_SHARE = 0.5
 
 
 class RecipeError(ValueError):
@@ -53,7 +57,16 @@ class Recipe(BaseModel):
     batch_size: PositiveInt = 4
     gradient_accumulation: PositiveInt = 1
     qlora: Literal["auto"] | StrictBool = Field(
-        default="auto", description="4-bit base weights (bitsandbytes); auto: only on CUDA."
+        default="auto",
+        description=(
+            "4-bit NF4 base weights (bitsandbytes, bf16 compute), on CUDA or the CPU. auto: "
+            "QLoRA on CUDA; on the CPU only when LoRA's fp32 base weights would exceed half the "
+            "available memory. Measured on 2 CPU cores (SmolLM2-135M, the default recipe): QLoRA "
+            "peaks at 0.58 times LoRA's memory (2.5 against 4.3 GB, mostly from the gradient "
+            "checkpointing peft turns on with it), trains at about LoRA's tokens/s (1.05 times "
+            "LoRA's step time, steps interleaved), starts from a base 0.3 nats worse in loss, "
+            "and its adapter is served over the unquantised base: LoRA while it fits."
+        ),
     )
     seed: int = Field(default=42, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -78,9 +91,35 @@ class Recipe(BaseModel):
             shape="must hold a mapping of fields",
         )
 
-    def resolved_qlora(self, cuda_available: bool) -> bool:
-        """Whether to train on 4-bit base weights; `auto` means exactly when CUDA is there."""
-        return cuda_available if self.qlora == "auto" else self.qlora
+    def qlora_decision(
+        self,
+        cuda_available: bool,
+        fp32_weights_mb: float | None = None,
+        available_memory_mb: float | None = None,
+    ) -> tuple[bool, str]:
+        """Whether to train on 4-bit base weights, and why, in words for the run's params.
+
+        On the CPU QLoRA buys memory with accuracy (the `qlora` field's figures), so `auto`
+        takes it only when LoRA's weights would crowd out the rest; an unknown size keeps LoRA."""
+        if self.qlora != "auto":
+            return self.qlora, f"the recipe sets qlora: {str(self.qlora).lower()}"
+        if cuda_available:
+            return True, "qlora: auto on CUDA: QLoRA"
+        if fp32_weights_mb is None or available_memory_mb is None:
+            return False, "qlora: auto on the CPU, the base model's size unknown: LoRA"
+        sizes = f"fp32 base weights {fp32_weights_mb:.0f} MB, {available_memory_mb:.0f} MB free"
+        if fp32_weights_mb > QLORA_CPU_MEMORY_SHARE * available_memory_mb:
+            return True, f"qlora: auto on the CPU, {sizes}: over half, QLoRA"
+        return False, f"qlora: auto on the CPU, {sizes}: within half, LoRA"
+
+    def resolved_qlora(
+        self,
+        cuda_available: bool,
+        fp32_weights_mb: float | None = None,
+        available_memory_mb: float | None = None,
+    ) -> bool:
+        """Whether to train on 4-bit base weights (the reason: `qlora_decision`)."""
+        return self.qlora_decision(cuda_available, fp32_weights_mb, available_memory_mb)[0]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,4 +1,4 @@
-"""LoRA (QLoRA on CUDA) training of the base model on one SFT dataset version, tracked in MLflow.
+"""LoRA or QLoRA training of the base model on one SFT dataset version, tracked in MLflow.
 
 transformers' `Trainer` runs the loop: on CPU its bookkeeping costs little beside a forward and
 backward pass of even a 135M model (`dagster-platform bench finetune`: 1.03 times the tokens/s
@@ -10,14 +10,20 @@ Nothing half-done survives: the adapter is written to a hidden staging folder th
 `output_dir` only when training finished, and the MLflow run gets its `adapter` artifact only
 then. An interrupted or failed run ends KILLED or FAILED with no artifact and no folder, so the
 registry has nothing to register.
+
+QLoRA (bitsandbytes 4-bit NF4 base weights, bf16 compute) runs on the CPU as on CUDA; the recipe's
+`qlora` field says when (recipe.py), and the run's params say which was used and why. Its
+adapter is a plain peft folder: it loads over the unquantised base, as vLLM serves it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import resource
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +40,10 @@ from dagster_platform.lib.tracking import experiment_id_for
 log = get_logger(__name__)
 
 IGNORE_INDEX = -100  # label of a position the loss skips (prompt and padding)
+CLEAR_REFS = "/proc/self/clear_refs"
+PROC_STATUS = "/proc/self/status"
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+BITSANDBYTES = "bitsandbytes>=0.50,<0.51"  # as pyproject.toml pins it: 4-bit kernels for the CPU
 ADAPTER_ARTIFACT = "adapter"
 RECIPE_FILE = "recipe.yaml"
 DATASET_FILE = "dataset.json"
@@ -48,7 +58,7 @@ class TrainingInterrupted(TrainingError):
 
 
 class QLoRAUnavailable(TrainingError):
-    """The recipe asks for QLoRA but CUDA or bitsandbytes is missing."""
+    """The recipe resolves to QLoRA but bitsandbytes is missing or cannot quantise here."""
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,12 @@ class TrainResult:
     tokens_per_s: float  # over the training loop
     train_s: float
     wall_s: float  # loading, tokenising, training, saving and logging
-    peak_memory_mb: float  # of the process (CPU) or of the GPU allocator (CUDA)
+    peak_memory_mb: float  # since the run began: resident (CPU) or GPU allocator (CUDA)
     dataset_version: str
     examples: int
     dropped: int  # examples whose completion did not fit max_seq_length
     qlora: bool
+    qlora_reason: str
     device: str
 
 
@@ -156,8 +167,10 @@ def load_tokenizer(base_model_path: str) -> Any:
     return tokenizer
 
 
-def load_base_model(base_model_path: str, qlora: bool) -> Any:
-    """The base weights from a local folder: fp32 for CPU LoRA, 4-bit NF4 for QLoRA."""
+def load_base_model(base_model_path: str, qlora: bool, device: str = "cpu") -> Any:
+    """The base weights from a local folder: fp32 for LoRA (the Trainer moves them to CUDA),
+    4-bit NF4 placed on `device` for QLoRA, made trainable by peft (fp32 norms and embeddings,
+    gradient checkpointing)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -179,16 +192,40 @@ def load_base_model(base_model_path: str, qlora: bool) -> Any:
                 base_model_path,
                 quantization_config=quantization,
                 dtype=torch.bfloat16,
-                device_map={"": 0},
+                device_map={"": 0} if device == "cuda" else "cpu",
                 local_files_only=True,
             )
-            model = prepare_model_for_kbit_training(model)
+            model = prepare_model_for_kbit_training(
+                model, gradient_checkpointing_kwargs={"use_reentrant": False}
+            )  # torch's recommended checkpointing (it warns when the choice is left to it)
     except OSError as exc:
         raise TrainingError(
             f"the base model {base_model_path!r} could not be loaded: {exc}"
         ) from exc
     model.config.use_cache = False
     return model
+
+
+def fp32_weights_mb(base_model_path: str) -> float | None:
+    """What LoRA's fp32 copy of the base weights takes, from the size and dtype of the folder's
+    safetensors files; None when the path is no such folder (a hub id, say)."""
+    folder = Path(base_model_path)
+    files = list(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    stored = sum(file.stat().st_size for file in files)
+    return stored * 4 / DTYPE_BYTES.get(str(dtype), 4) / 2**20
+
+
+def available_memory_mb() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / 2**20
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -212,19 +249,36 @@ def peft_model(recipe: Recipe, model: Any) -> Any:
     return get_peft_model(model, config)
 
 
-def check_qlora_available(cuda_available: bool) -> None:
-    if not cuda_available:
-        raise QLoRAUnavailable(
-            "the recipe sets qlora: true but CUDA is not available; set qlora: auto or false "
-            "to train LoRA on full-precision weights"
-        )
+def check_qlora_available(device: str) -> None:
+    """bitsandbytes is there and round-trips a small tensor through NF4 on `device`, so a
+    missing package or a build without kernels for this device fails before a run exists."""
     try:
-        import bitsandbytes  # noqa: F401  (only its presence is checked here)
+        import bitsandbytes.functional as bnb
     except ImportError as exc:
         raise QLoRAUnavailable(
-            "the recipe sets qlora: true but bitsandbytes is not installed "
-            "(pip install 'dagster-platform[gpu]')"
+            "QLoRA needs the bitsandbytes package, which is not installed: "
+            f"pip install '{BITSANDBYTES}' (or set qlora: false in the recipe)"
         ) from exc
+    import torch
+
+    try:
+        sample = torch.linspace(-1.0, 1.0, 128, dtype=torch.bfloat16, device=device)
+        bnb.dequantize_4bit(*bnb.quantize_4bit(sample, quant_type="nf4"))
+    except (RuntimeError, AttributeError, TypeError) as exc:
+        raise QLoRAUnavailable(
+            f"bitsandbytes {_version('bitsandbytes')} cannot quantise to 4-bit NF4 on {device} "
+            f"with torch {torch.__version__}: {exc}; install '{BITSANDBYTES}' "
+            "or set qlora: false"
+        ) from exc
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "(version unknown)"
 
 
 def training_arguments(recipe: Recipe, workdir: Path, bf16: bool) -> Any:
@@ -262,12 +316,36 @@ def training_arguments(recipe: Recipe, workdir: Path, bf16: bool) -> Any:
     )
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start the peak over, so an earlier run in the same process (a test session, a Dagster
+    run worker) does not count: the GPU allocator's peak on CUDA, the kernel's high-water mark
+    of resident memory (VmHWM, reset by writing 5 to /proc/self/clear_refs) on Linux."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):  # not Linux: the peak is the process's lifetime one
+        Path(CLEAR_REFS).write_text("5")
+
+
 def peak_memory_mb(device: str) -> float:
+    """Peak since `reset_peak_memory`: tensors on the GPU (CUDA; weights, activations and
+    optimizer state of either path), else the process's resident memory, which on the CPU is
+    where the weights of either path live."""
     if device == "cuda":
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        status = Path(PROC_STATUS).read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes there, KiB on Linux
 
 
 # --- tracking --------------------------------------------------------------------------------
@@ -376,6 +454,7 @@ class _Prepared:
     tokenizer: Any
     model: Any
     qlora: bool
+    qlora_reason: str
     device: str
 
 
@@ -390,9 +469,12 @@ def _prepare(
     version = dataset_version(dataset_dir)
     rows = load_split(dataset_dir, "train")
     cuda = torch.cuda.is_available()
-    qlora = recipe.resolved_qlora(cuda)
+    device = "cuda" if cuda else "cpu"
+    qlora, reason = recipe.qlora_decision(
+        cuda, fp32_weights_mb(base_model_path), available_memory_mb()
+    )
     if qlora:
-        check_qlora_available(cuda)
+        check_qlora_available(device)
     tokenizer = load_tokenizer(base_model_path)
     data = encode_dataset(tokenizer, rows, recipe.max_seq_length, recipe.seed)
     if not data.features:
@@ -401,8 +483,9 @@ def _prepare(
             f"{recipe.max_seq_length} ({len(rows)} rows, {data.dropped} too long)"
         )
     torch.manual_seed(recipe.seed)
-    model = peft_model(recipe, load_base_model(base_model_path, qlora))
-    return _Prepared(version, data, tokenizer, model, qlora, "cuda" if cuda else "cpu")
+    reset_peak_memory(device)  # the peak covers loading the weights, which QLoRA quantises
+    model = peft_model(recipe, load_base_model(base_model_path, qlora, device))
+    return _Prepared(version, data, tokenizer, model, qlora, reason, device)
 
 
 def _save_adapter(
@@ -464,6 +547,7 @@ def train_adapter(
                 "dropped_examples": ready.data.dropped,
                 "device": ready.device,
                 "qlora_resolved": ready.qlora,
+                "qlora_reason": ready.qlora_reason,
             },
         )
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
@@ -478,7 +562,12 @@ def train_adapter(
         trainer.remove_callback(PrinterCallback)  # progress goes to our logs, not to stdout
         log.info(
             "training started",
-            extra={"dataset_version": version, "examples": examples, "qlora": ready.qlora},
+            extra={
+                "dataset_version": version,
+                "examples": examples,
+                "qlora": ready.qlora,
+                "qlora_reason": ready.qlora_reason,
+            },
         )
         train_started = time.perf_counter()
         output = trainer.train()
@@ -505,6 +594,7 @@ def train_adapter(
             examples=examples,
             dropped=ready.data.dropped,
             qlora=ready.qlora,
+            qlora_reason=ready.qlora_reason,
             device=ready.device,
         )
         _log_final(client, result)

@@ -1,11 +1,14 @@
 """LoRA training on a tiny random Llama (the packaged tokenizer and chat template): the recipe,
 the completion-only labels, a tracked run with its adapter artifact, interruptions that leave
-nothing behind, and the fine-tuning benchmark's measured paths."""
+nothing behind, and the fine-tuning benchmark's measured paths. QLoRA trains the packaged
+SmolLM2 on the CPU, and its adapter serves over the unquantised base."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import sys
 import threading
 from pathlib import Path
 
@@ -18,19 +21,25 @@ from mlflow import MlflowClient
 from benchmarks import finetune as finetune_benchmark
 from dagster_platform.finetune.recipe import Recipe, RecipeError
 from dagster_platform.finetune.training import (
+    CLEAR_REFS,
     IGNORE_INDEX,
     QLoRAUnavailable,
     TrainingError,
     TrainingInterrupted,
     TrainProgress,
+    TrainResult,
+    check_qlora_available,
     collator,
     encode_dataset,
     encode_example,
+    fp32_weights_mb,
     load_tokenizer,
+    peak_memory_mb,
+    reset_peak_memory,
     train_adapter,
 )
 from tests.support.state import SAMPLE_DIR, live_settings
-from tests.support.tiny_models import build_tiny_llm
+from tests.support.tiny_models import PREPARED_LLM, build_tiny_llm
 
 QUESTIONS = [
     ("Which queue does nightly_orders_etl use?", "root.etl.daily, on etl-prod."),
@@ -168,11 +177,41 @@ def test_a_missing_recipe_file_is_named(tmp_path: Path) -> None:
         Recipe.load(tmp_path / "nowhere.yaml")
 
 
-def test_qlora_resolves_against_cuda() -> None:
-    assert recipe(qlora="auto").resolved_qlora(True) is True
-    assert recipe(qlora="auto").resolved_qlora(False) is False
-    assert recipe(qlora=True).resolved_qlora(False) is True
-    assert recipe(qlora=False).resolved_qlora(True) is False
+def test_qlora_auto_takes_cuda_and_on_the_cpu_only_weights_over_half_the_memory() -> None:
+    auto = recipe(qlora="auto")
+    assert auto.resolved_qlora(True) is True
+    assert auto.qlora_decision(False, 513.0, 20_000.0) == (
+        False,
+        "qlora: auto on the CPU, fp32 base weights 513 MB, 20000 MB free: within half, LoRA",
+    )
+    assert auto.resolved_qlora(False, 10_001.0, 20_000.0) is True
+    assert auto.resolved_qlora(False, 10_000.0, 20_000.0) is False
+    assert auto.resolved_qlora(False) is False  # a size unknown keeps LoRA
+    assert recipe(qlora=True).qlora_decision(False) == (True, "the recipe sets qlora: true")
+    assert recipe(qlora=False).qlora_decision(True, 9e9, 1.0) == (
+        False,
+        "the recipe sets qlora: false",
+    )
+
+
+def test_the_fp32_weights_are_sized_from_the_files_and_their_dtype(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"dtype": "bfloat16"}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2**20)
+    assert fp32_weights_mb(str(tmp_path)) == 2.0  # bf16 on disk, twice that in fp32
+    assert fp32_weights_mb("HuggingFaceTB/SmolLM2-135M-Instruct") is None  # a hub id
+    assert 500 < fp32_weights_mb(str(PREPARED_LLM)) < 530  # SmolLM2-135M, saved in fp32
+
+
+@pytest.mark.skipif(not Path(CLEAR_REFS).exists(), reason="peak reset needs Linux's /proc")
+def test_the_peak_memory_starts_over_at_each_run() -> None:
+    """An earlier, larger peak in the same process (a test session, a run worker) is not the
+    next run's."""
+    reset_peak_memory("cpu")
+    bulk = torch.ones(96 * 2**20 // 4)  # 96 MiB, every page touched
+    before = peak_memory_mb("cpu")
+    del bulk
+    reset_peak_memory("cpu")
+    assert peak_memory_mb("cpu") < before - 64
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -221,6 +260,7 @@ def test_training_leaves_a_tracked_adapter_that_changes_the_outputs(
     assert result.steps == 3 and result.examples == len(QUESTIONS) and result.dropped == 0
     assert result.dataset_version == "0123456789abcdef" and result.device == "cpu"
     assert result.qlora is False and result.peak_memory_mb > 0 and result.wall_s > result.train_s
+    assert result.qlora_reason == "the recipe sets qlora: false"
     rows = pl.read_parquet(dataset / "train.parquet").to_dicts()
     encoded = encode_dataset(load_tokenizer(tiny_llm), rows, 96, seed=42)
     assert result.tokens == sum(len(f["input_ids"]) for f in encoded.features[:6])
@@ -256,6 +296,8 @@ def test_training_leaves_a_tracked_adapter_that_changes_the_outputs(
         and run.data.params["lora_target_modules"] == "q_proj,v_proj"
     )
     assert run.data.params["dataset_version"] == "0123456789abcdef"
+    assert run.data.params["qlora_resolved"] == "False"
+    assert run.data.params["qlora_reason"] == "the recipe sets qlora: false"
     for key in ("loss", "tokens_per_s", "learning_rate"):
         assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2, 3], key
     assert run.data.metrics["train_tokens"] == result.tokens
@@ -319,14 +361,86 @@ def test_an_unknown_target_module_is_refused_before_a_run_with_the_known_ones(
     assert _runs(store, "wrong-target") == [] and not (tmp_path / "run").exists()
 
 
-def test_qlora_without_cuda_is_a_clear_error(
-    tiny_llm: str, dataset: Path, store: Path, tmp_path: Path
+def test_qlora_without_bitsandbytes_is_a_clear_error(
+    tiny_llm: str, dataset: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is present here")
-    with pytest.raises(QLoRAUnavailable, match="qlora: true but CUDA is not available"):
+    """bitsandbytes is faked away: None in sys.modules makes its import fail as if absent."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
+    with pytest.raises(
+        QLoRAUnavailable, match=r"needs the bitsandbytes package.*pip install 'bitsandbytes>="
+    ):
         _train(tiny_llm, dataset, store, tmp_path / "run", "qlora", recipe=recipe(qlora=True))
-    assert _runs(store, "qlora") == []
+    assert _runs(store, "qlora") == [] and not (tmp_path / "run").exists()
+
+
+def test_bitsandbytes_that_cannot_quantise_here_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fake bitsandbytes build without 4-bit kernels for this device."""
+    import bitsandbytes.functional
+
+    def no_kernel(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("no quantize_4bit kernel for the CPU")
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", no_kernel)
+    with pytest.raises(QLoRAUnavailable, match=r"cannot quantise to 4-bit NF4 on cpu.*no quant"):
+        check_qlora_available("cpu")
+
+
+# --- QLoRA on the packaged SmolLM2 -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qlora_run(dataset: Path, store: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """One short QLoRA run on the real base model, shared by the tests that look at it."""
+    return _train(
+        str(PREPARED_LLM),
+        dataset,
+        store,
+        tmp_path_factory.mktemp("qlora") / "run",
+        "qlora-cpu",
+        recipe=recipe(qlora=True, max_steps=2),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_qlora_trains_the_packaged_model_on_the_cpu(qlora_run: TrainResult, store: Path) -> None:
+    assert qlora_run.qlora is True and qlora_run.device == "cpu" and qlora_run.steps == 2
+    assert math.isfinite(qlora_run.train_loss) and qlora_run.train_loss > 0
+    assert qlora_run.peak_memory_mb > 0 and qlora_run.tokens > 0
+    for name in ("adapter_config.json", "adapter_model.safetensors", "recipe.yaml"):
+        assert (qlora_run.adapter_dir / name).is_file(), name
+    config = json.loads((qlora_run.adapter_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(PREPARED_LLM)
+    run = MlflowClient(_uri(store)).get_run(qlora_run.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["device"] == "cpu"
+    assert run.data.params["qlora_resolved"] == "True"
+    assert run.data.params["qlora_reason"] == "the recipe sets qlora: true"
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_the_qlora_adapter_serves_over_the_unquantized_base(qlora_run: TrainResult) -> None:
+    """As vLLM serves it: the plain bf16 base, no bitsandbytes layer, the adapter on top."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(PREPARED_LLM)
+    base = AutoModelForCausalLM.from_pretrained(PREPARED_LLM, dtype=torch.bfloat16)
+    messages = [{"role": "user", "content": QUESTIONS[0][0]}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        before = base(ids).logits.float()
+        model = PeftModel.from_pretrained(base, str(qlora_run.adapter_dir)).eval()
+        after = model(ids).logits.float()
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert not any("4bit" in type(module).__name__ for module in model.modules())
+    assert torch.isfinite(after).all() and (after - before).abs().max() > 1e-2
+    assert out.shape[1] > ids.shape[1]
+    assert tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_bad_dataset_or_output_folders_are_refused(
@@ -383,5 +497,11 @@ def test_the_benchmark_measures_every_figure_on_a_small_run(tiny_llm: str, state
         "peak_memory_mb_bare",
         "ratio_asset_vs_bare_tokens_per_s",
         "ratio_asset_vs_bare_peak_memory",
+        "tokens_per_s_qlora",
+        "peak_memory_mb_qlora",
+        "peak_memory_mb_reported_qlora",
+        "ratio_qlora_peak_memory",
+        "ratio_qlora_tokens_per_s",
     ):
         assert figures[key] > 0, key
+    assert figures["same_tokens_qlora_vs_lora"] is True and figures["qlora_trained_qlora"] is True

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models vllm run test lint broker clean postgresql
+.PHONY: install models vllm run test lint broker clean postgresql chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,36 @@ postgresql:
 			echo "postgresql was installed but $(PG_INITDB) is still missing" >&2; exit 1; }; \
 	fi
 
-test: postgresql models vllm lint
+# Debian's Chromium for the console's browser tests: Playwright drives it, since
+# `playwright install` cannot download a browser here; CJK fonts so Korean answers render.
+# Installed only when absent, like PostgreSQL above.
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_INSTALL := apt-get install -y --no-install-recommends chromium fonts-noto-cjk
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "Chromium: $(CHROMIUM)"; \
+	else \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else \
+			echo "Chromium is not installed, and this user is neither root nor has sudo:" \
+				"install it as root ($(CHROMIUM_INSTALL)), then run make test again." >&2; \
+			exit 1; \
+		fi; \
+		command -v apt-get >/dev/null 2>&1 || { \
+			echo "Chromium is not installed and apt-get is missing: install a Chromium at" \
+				"$(CHROMIUM), then run make test again." >&2; \
+			exit 1; }; \
+		echo "Chromium not found ($(CHROMIUM)): installing Debian's chromium"; \
+		$$SUDO apt-get update && \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive $(CHROMIUM_INSTALL) || { \
+			echo "installing Chromium failed: $(CHROMIUM_INSTALL)" >&2; exit 1; }; \
+		[ -x $(CHROMIUM) ] || { \
+			echo "chromium was installed but $(CHROMIUM) is still missing" >&2; exit 1; }; \
+	fi
+
+test: postgresql chromium models vllm lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 broker: install

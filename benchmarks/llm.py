@@ -25,8 +25,9 @@ run.
     uvicorn on a thread of this process and asked over HTTP (httpx) from 1, 4 and 8 threads,
     the same questions at each level; tokens are vLLM's `vllm:generation_tokens_total` before
     and after (routing, planning and headline generations alike), over the level's wall time;
-    beside them what bounds them: the share of an answer's time vLLM worked on it (its own
-    end-to-end request latency) and the CPU seconds per answer of the API process and the server;
+    beside them what bounds them: the prompt tokens per answer, the share of an answer's time
+    vLLM worked on it (its own end-to-end request latency) and the CPU seconds per answer of
+    the API process and the server;
   - promotion: `promote` returning, to the first answer from the new adapter through a second
     LLMService, as the API process has its own; the worse of two paths: the service reading the
     registry (as the vLLM test does), and one still naming the adapter the promotion unloaded
@@ -339,8 +340,9 @@ DIRECT_WAVES = 2
 IDLE_S = 20.0
 SETTLE_S = 2.0
 GENERATION_COUNTER = "vllm:generation_tokens_total"
+PROMPT_COUNTER = "vllm:prompt_tokens_total"
 REQUEST_SECONDS = "vllm:e2e_request_latency_seconds_sum"
-VLLM_COUNTERS = (GENERATION_COUNTER, REQUEST_SECONDS)
+VLLM_COUNTERS = (GENERATION_COUNTER, PROMPT_COUNTER, REQUEST_SECONDS)
 BENCH_KEYS = {"bench": "bench-llm-key-0123456789"}
 REGISTERED_MODEL = "bench-ops-assistant"
 PROMOTION_QUESTION = (
@@ -409,7 +411,7 @@ def counter_total(exposition: str, name: str) -> float:
 
 
 def vllm_counters(server: LocalVLLMServer) -> dict[str, float]:
-    """vLLM's own totals since it started: tokens generated, seconds spent on requests."""
+    """vLLM's own totals since it started: tokens generated and read, seconds on requests."""
     response = httpx.get(f"{server.base_url}/metrics", timeout=10)
     response.raise_for_status()
     return {name: counter_total(response.text, name) for name in VLLM_COUNTERS}
@@ -648,8 +650,9 @@ def idle_cpu(pid: int, seconds: float = IDLE_S, settle_s: float = SETTLE_S) -> d
 @dataclass(frozen=True)
 class Level:
     """One concurrency level of API questions: vLLM's generated tokens over the wall time,
-    and what bounds them: the time vLLM spent on the requests (its own end-to-end latency,
-    added up) and the CPU seconds of this process (the API) and of the server."""
+    and what bounds them: the prompt tokens vLLM read, the time it spent on the requests (its
+    own end-to-end latency, added up) and the CPU seconds of this process (the API) and of
+    the server."""
 
     concurrency: int
     tokens: float
@@ -659,6 +662,7 @@ class Level:
     vllm_request_s: float = 0.0
     cpu_api_s: float = 0.0
     cpu_vllm_s: float = 0.0
+    prompt_tokens: float = 0.0
 
     @property
     def answers(self) -> int:
@@ -684,6 +688,7 @@ def api_figures(levels: Sequence[Level]) -> dict[str, Any]:
             k: round(statistics.median(v.latencies_s) * 1000) for k, v in by.items()
         },
         "api_generated_tokens_per_answer": round(first.tokens / first.answers, 1),
+        "api_prompt_tokens_per_answer": round(first.prompt_tokens / first.answers, 1),
         f"api_vllm_share_of_answer_time_at_{low}": round(
             first.vllm_request_s / sum(first.latencies_s), 3
         ),
@@ -773,6 +778,7 @@ def api_level(server: LocalVLLMServer, url: str, questions: Sequence[str], level
         vllm_request_s=after[REQUEST_SECONDS] - counters[REQUEST_SECONDS],
         cpu_api_s=cpu_api,
         cpu_vllm_s=cpu_spent(tree, tree_after),
+        prompt_tokens=after[PROMPT_COUNTER] - counters[PROMPT_COUNTER],
     )
 
 

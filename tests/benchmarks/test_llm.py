@@ -142,6 +142,12 @@ vllm:prompt_tokens_total{engine="0"} 300.0
 """
 
 
+def test_the_serving_counters_are_distinct_counters() -> None:
+    totals = {n: llm_benchmark.counter_total(EXPOSITION, n) for n in llm_benchmark.VLLM_COUNTERS}
+    assert totals[llm_benchmark.PROMPT_COUNTER] == 300.0
+    assert totals[llm_benchmark.REQUEST_SECONDS] == 0.0  # not in this exposition
+
+
 def test_tokens_per_second_and_the_idle_share_of_a_core() -> None:
     assert llm_benchmark.tokens_per_s(64, 2.0) == 32.0
     assert llm_benchmark.tokens_per_s(0, 0.0) == 0.0
@@ -173,14 +179,15 @@ def test_the_single_stream_figures_compare_medians() -> None:
 
 def test_the_api_figures_scale_the_highest_level_against_the_lowest() -> None:
     levels = [
-        llm_benchmark.Level(1, 80, 8.0, (2.0, 2.0, 2.0, 2.0), 0, 6.0, 4.0, 8.0),
-        llm_benchmark.Level(8, 80, 2.0, (1.0, 2.0, 1.0, 2.0), 1, 5.0, 2.0, 2.0),
+        llm_benchmark.Level(1, 80, 8.0, (2.0, 2.0, 2.0, 2.0), 0, 6.0, 4.0, 8.0, 1200.0),
+        llm_benchmark.Level(8, 80, 2.0, (1.0, 2.0, 1.0, 2.0), 1, 5.0, 2.0, 2.0, 1200.0),
     ]
     figures = llm_benchmark.api_figures(levels)
     assert figures["api_tokens_per_s_by_concurrency"] == {"1": 10.0, "8": 40.0}
     assert figures["api_answers_per_s_by_concurrency"] == {"1": 0.5, "8": 2.0}
     assert figures["api_answer_p50_ms_by_concurrency"] == {"1": 2000, "8": 1500}
     assert figures["api_generated_tokens_per_answer"] == 20.0
+    assert figures["api_prompt_tokens_per_answer"] == 300.0
     assert figures["api_vllm_share_of_answer_time_at_1"] == 0.75  # 6 s of the 8 answered
     assert figures["api_cpu_s_per_answer_by_concurrency"] == {
         "1": {"api": 1.0, "vllm": 2.0},

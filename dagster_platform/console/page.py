@@ -134,13 +134,16 @@ class ConsolePage:
         assistant = self.services.assistant
         if assistant is None:
             llm = "the assistant opens on the first question"
-        elif assistant.llm is None:
-            llm = f"LLM unavailable ({assistant.llm_error or 'opened without one'}): headlines "
-            llm += "are composed from the facts"
-            lines.append(llm)
-        else:
+        elif assistant.llm is not None:
             served = assistant.llm.client.served
             llm = f"serving {served.label} on {served.backend}"
+        elif assistant.llm_error:
+            llm = "no LLM"
+            lines.append(
+                f"LLM unavailable ({assistant.llm_error}): headlines are composed from the facts"
+            )
+        else:
+            llm = "answering without an LLM: headlines are composed from the facts"
         problems = "".join(f'<li class="unavailable">{views.esc(line)}</li>' for line in lines)
         return (
             f'<div class="availability"><ul>{problems}</ul><span>{views.esc(llm)}; webhook '
@@ -358,8 +361,9 @@ class ConsolePage:
             with gr.Row():
                 gr.HTML(f"<h2>{TITLE}</h2>")
                 header = gr.HTML(elem_id="header")
-            availability = gr.HTML(elem_id="availability")
-            recheck = gr.Button("Check again", size="sm", elem_id="recheck")
+            with gr.Row(equal_height=True):
+                availability = self._availability = gr.HTML(elem_id="availability")
+                recheck = gr.Button("Check again", size="sm", elem_id="recheck", scale=0)
             with gr.Tabs():
                 with gr.Tab("Assistant", id="assistant"), gr.Row():
                     with gr.Column(scale=3):
@@ -375,7 +379,13 @@ class ConsolePage:
                     champion = gr.HTML(elem_id="loop-champion")
                     promotions = gr.HTML(elem_id="promotions")
                     evaluation = gr.Markdown(elem_id="evaluation")
-                    chart = gr.Image(label="Evaluation", type="pil", elem_id="evaluation-chart")
+                    chart = gr.Image(
+                        label="Evaluation",
+                        type="pil",
+                        elem_id="evaluation-chart",
+                        buttons=["download", "fullscreen"],
+                        interactive=False,
+                    )
             page.load(
                 self.on_load,
                 None,
@@ -394,6 +404,7 @@ class ConsolePage:
             elem_id="chat",
             height=560,
             latex_delimiters=[],
+            group_consecutive_messages=False,
             buttons=["copy"],
             placeholder="Ask about the clusters, Spark jobs, runbooks and incidents.",
         )
@@ -416,7 +427,8 @@ class ConsolePage:
         asked = [question, chat, session_id, answer_ids]
         outputs = [chat, question, answer_ids, which]
         for trigger in (send.click, question.submit):
-            trigger(self.ask, asked, outputs).then(self.refresh, None, cards)
+            asking = trigger(self.ask, asked, outputs)
+            asking.then(self.refresh, None, cards).then(self.availability, None, self._availability)
         fresh.click(
             lambda: ([], f"console-{uuid.uuid4().hex[:12]}", {}, gr.update(choices=[])),
             None,

@@ -221,14 +221,17 @@ def test_markup_in_a_question_or_a_document_shows_as_text_and_never_runs(
         page = sign_in(browser, base, "carol")
         ask(page, f"{SCRIPT} {IMAGE} 현재 클러스터 가동율 알려줘?")
         ask(page, "How do I restart the zorblax widget? runbook")
-        page.locator("#chat details.passages").last.click()
+        passage = page.locator("#chat details.passages", has_text=HTML_RUNBOOK).last
+        passage.click()
+        passage.scroll_into_view_if_needed()
         shots.take(page, "markup-as-text")
-        chat = page.locator("#chat").inner_text()
         assert page.evaluate("typeof window.__pwned") == "undefined"
-        assert SCRIPT in chat and IMAGE in chat  # the question, literally
-        assert HTML_RUNBOOK in chat  # the document that carries them, cited
-        assert chat.count("window.__pwned") >= 4
+        asked = page.locator("#chat").inner_text()
+        assert SCRIPT in asked and IMAGE in asked  # the question, literally
+        quoted = passage.text_content()  # the document that carries them, cited
+        assert SCRIPT in quoted and IMAGE in quoted and HTML_RUNBOOK in quoted
         assert page.locator("#chat img[src=x]").count() == 0
+        assert page.locator("#chat script").count() == 0
 
 
 def test_a_proposal_approved_from_two_tabs_runs_once(

@@ -128,10 +128,17 @@ class Authenticator:
         self.settings = settings
         self.store = store
 
-    def check(self, user: str, password: str) -> bool:
+    def known(self, user: str) -> bool:
         try:
-            known = load_roles(self.settings.roles_file).knows(user)
+            return load_roles(self.settings.roles_file).knows(user)
         except RolesError as exc:
             log.error("roles file unreadable; nobody can sign in", extra={"error": str(exc)})
-            known = False
-        return self.store.verify(user, password) and known
+            return False
+
+    def check(self, user: str, password: str) -> bool:
+        return self.store.verify(user, password) and self.known(user)
+
+    def loggable(self, user: str) -> str:
+        """The name to log for an attempt: a user the roles file knows, never what else was
+        typed (a password typed into the name field must not reach the logs)."""
+        return user if self.known(user) else "(not a user of the roles file)"

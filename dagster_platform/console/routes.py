@@ -130,16 +130,16 @@ def sign_in_routes(
         client = _client(request)
         wait = throttle.retry_after(user, client)
         if wait is not None:
-            log.warning("console sign-in throttled", extra={"user": user, "client": client})
+            log.warning("console sign-in throttled", extra={"user": authenticator.loggable(user)})
             response = form(request, f"Too many failed sign-ins: try again in {wait} s.", 429)
             response.headers["Retry-After"] = str(wait)
             return response
         if not authenticator.check(user, password):
             throttle.failed(user, client)
-            log.warning("console sign-in failed", extra={"user": user, "client": client})
+            log.warning("console sign-in failed", extra={"user": authenticator.loggable(user)})
             return form(request, WRONG, 401)
         throttle.succeeded(user)
-        log.info("console sign-in", extra={"user": user, "client": client})
+        log.info("console sign-in", extra={"user": user})
         response = RedirectResponse(f"{path}/", status_code=303)
         _set_cookie(
             response,

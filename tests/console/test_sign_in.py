@@ -106,6 +106,15 @@ def test_a_wrong_sign_in_gives_no_hint_which_part_was_wrong(
     assert all(password not in r.getMessage() + str(r.__dict__) for r in caplog.records if password)
 
 
+def test_a_password_typed_as_the_user_name_is_not_logged(
+    client, caplog: pytest.LogCaptureFixture
+) -> None:
+    http, _ = client
+    assert sign_in(http, PASSWORD, PASSWORD).status_code == 401
+    assert all(PASSWORD not in str(r.__dict__) for r in caplog.records)
+    assert any(getattr(r, "user", "") == "(not a user of the roles file)" for r in caplog.records)
+
+
 def test_failed_sign_ins_are_throttled_then_even_the_right_password_waits(client) -> None:
     http, _ = client
     assert [sign_in(http, "alice", f"guess-{n}").status_code for n in range(3)] == [401] * 3

@@ -46,10 +46,14 @@ def dev(
             "otherwise); --no-vllm answers with transformers in process.",
         ),
     ] = True,
+    api_port: Annotated[
+        int,
+        typer.Option(help="Port of the HTTP API and the ops console (/ui); 0 serves neither."),
+    ] = 8000,
 ) -> None:
     """Run the local platform: the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), the
-    local vLLM server, the cluster simulator, and `dagster dev` with DAGSTER_HOME in the state
-    folder."""
+    local vLLM server, the cluster simulator, the HTTP API with the ops console, and
+    `dagster dev` with DAGSTER_HOME in the state folder."""
     from dagster_platform.deploy.instance import write_instance_config
 
     settings = get_settings()
@@ -91,9 +95,19 @@ def dev(
              "--clock", clock, "--incident-every", str(incident_every)],
             env,
         )  # fmt: skip
+    api = None
+    if api_port:
+        api = _spawn(
+            [sys.executable, "-m", "dagster_platform.cli", "serve", "--host", host,
+             "--port", str(api_port)],
+            env,
+        )  # fmt: skip
+        typer.echo(f"ops console on http://{host}:{api_port}/ui (the API beside it)")
     try:
         code = _run_until_stopped(_spawn(command, env))
     finally:
+        if api is not None:
+            _stop(api, timeout=15)
         if producer is not None:
             _stop(producer, timeout=15)
         if server is not None:

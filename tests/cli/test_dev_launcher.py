@@ -61,7 +61,7 @@ def non_empty(path: Path, tables: set[str]) -> bool:
 def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    ui_port, broker_port, vllm_port = free_port(), free_port(), free_port()
+    ui_port, broker_port, vllm_port, api_port = free_port(), free_port(), free_port(), free_port()
     state = tmp_path / "state"
     env = {
         **os.environ,
@@ -90,6 +90,8 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
             "2",
             "--incident-every",
             "20",
+            "--api-port",
+            str(api_port),
         ],
         env=env,
         stdout=log,
@@ -143,6 +145,13 @@ def test_dev_serves_the_platform_and_the_data_flows_with_no_human_action(
             lambda: non_empty(warehouse, {"document_chunks"}), 180, "the knowledge base to chunk"
         )
         assert (state / "dagster_home" / "dagster.yaml").is_file()
+        # the ops console is served beside the API
+        console = wait_for(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{api_port}/ui", timeout=5),
+            120,
+            "the ops console",
+        )
+        assert console.status == 200
         # the serving engine came up beside them, and the platform answers through it
         wait_for(vllm.healthy, 300, "the vLLM server")
         assert vllm.status()["model"] == PREPARED_LLM.name

@@ -13,6 +13,7 @@ by parts as they are composed: the headline first, then the evidence, the cited 
 proposals and who answered.
 """
 
+import html
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -179,7 +180,7 @@ class ConsolePage:
         answer_ids = dict(answer_ids)
         pending = '<div class="pending">…</div>'
         yield [*history, {"role": "assistant", "content": pending}], "", answer_ids, gr.skip()
-        reply, record_id, proposed = self._answer(question, session_id, user)
+        reply, record_id = self._answer(question, session_id, user)
         index = len(history)
         for part in reply:
             yield [*history, {"role": "assistant", "content": part}], "", answer_ids, gr.skip()
@@ -189,18 +190,16 @@ class ConsolePage:
         choices = [(label, ia) for ia, label in self._labels(answer_ids, history)]
         dropdown = gr.update(choices=choices, value=choices[-1][1] if choices else None)
         yield history, "", answer_ids, dropdown
-        if proposed:
-            log.info("console proposals shown", extra={"user": user, "actions": proposed})
 
-    def _answer(self, question: str, session_id: str, user: str) -> tuple[list[str], str, list]:
-        """The streamed parts of the answer, its interaction id and the actions it proposed."""
+    def _answer(self, question: str, session_id: str, user: str) -> tuple[list[str], str]:
+        """The streamed parts of the answer, and its interaction id."""
         if not self.settings.warehouse_path.exists():
-            return [views.refusal_message("question", "no warehouse yet")], "", []
+            return [views.refusal_message("question", "no warehouse yet")], ""
         try:
             assistant = self.services.open_assistant()
             answer = assistant.ask(question, session_id)
         except QuestionRejected as exc:
-            return [views.refusal_message(exc.interaction_id, str(exc))], "", []
+            return [views.refusal_message(exc.interaction_id, str(exc))], ""
         proposed = answer.interaction.proposed_actions
         shown = []
         if proposed:
@@ -210,14 +209,14 @@ class ConsolePage:
                 )
             except reads.Unavailable:
                 shown = []
-        return views.answer_stream(answer, shown), answer.interaction_id, proposed
+        return views.answer_stream(answer, shown), answer.interaction_id
 
     @staticmethod
     def _labels(answer_ids: dict, history: list) -> list[tuple[str, str]]:
         labelled = []
         for index, interaction_id in sorted(answer_ids.items(), key=lambda kv: int(kv[0])):
             asked = history[int(index) - 1]["content"] if int(index) > 0 else ""
-            text = str(asked).replace("<br>", " ")
+            text = html.unescape(str(asked).replace("<br>", " "))
             labelled.append((interaction_id, f"{text[:60]} ({interaction_id})"))
         return labelled
 
@@ -301,7 +300,7 @@ class ConsolePage:
             raise actions.ActionRefused(f"{action_id}: {user!r} does not hold role {role!r}")
 
     def incidents(self, request: gr.Request) -> tuple[str, Any]:
-        _user(request)
+        user = _user(request)
         try:
             found = reads.latest_incidents(self.settings)
             statuses = {
@@ -310,7 +309,7 @@ class ConsolePage:
                     self.settings,
                     self.ontology(),
                     self.roles(),
-                    _user(request),
+                    user,
                     action_ids=[a for i in found for a in i.action_ids],
                 )
             }

@@ -56,7 +56,9 @@ input, button {{ padding: .5rem; font-size: 1rem; box-sizing: border-box; }}
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
 <button id="sign-in" type="submit">Sign in</button>
-</form></body></html>
+</form>
+<p><small>Users are those of the roles file; an operator sets a password with
+<code>dagster-platform users set-password USER</code>.</small></p></body></html>
 """
 
 

@@ -15,6 +15,7 @@ import dagster as dg
 import assets
 import resources
 import sensors
+from dagster_platform.console import notify
 from dagster_platform.settings import Profile, get_settings
 
 
@@ -29,6 +30,8 @@ def executor_for(profile: Profile) -> dg.ExecutorDefinition:
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = get_settings()
+    # runs propose actions too (incident reports): their notices go to the webhook as well
+    notify.install(settings.webhook_url)
     return dg.Definitions.merge(
         assets.build_defs(settings),
         resources.defs,

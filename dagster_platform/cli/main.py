@@ -62,5 +62,10 @@ def _main(
     """Log lines go to `<state>/logs/cli.log`; the terminal gets what each command did."""
     if not verbose:  # model loading draws progress bars; a command's output is its result
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    log_file = get_settings().logs_dir / "cli.log"
+    settings = get_settings()
+    log_file = settings.logs_dir / "cli.log"
     configure_cli_logging(log_level.upper(), log_file=log_file, verbose=verbose)
+    if settings.webhook_url:  # approvals from the terminal are announced too
+        from dagster_platform.console import notify
+
+        notify.install(settings.webhook_url)

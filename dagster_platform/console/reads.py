@@ -146,7 +146,7 @@ class LoopSchedule:
         )
         return (
             f"{self.backlog.new} usable ratings since the last dataset ({seen}); {soon}, "
-            f"otherwise it runs nightly on `{self.cron}` ({self.timezone})"
+            f"otherwise it runs on its nightly schedule, cron {self.cron} ({self.timezone})"
         )
 
 

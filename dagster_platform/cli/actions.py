@@ -187,9 +187,9 @@ def reject_command(
     why: Annotated[str, typer.Option("--why", help="Why it must not run.")],
 ) -> None:
     """Close a proposed action without running it."""
-    _roles(by)
+    roles = _roles(by)
     with _warehouse() as conn:
-        action = reject(conn, action_id, by, why)
+        action = reject(conn, _ontology(), roles, action_id, by, why)
     typer.echo(f"{action.action_id} rejected by {by}")
 
 

@@ -632,10 +632,20 @@ def execute(
     return _announced(status_of(conn, action_id))
 
 
-def reject(conn: duckdb.DuckDBPyConnection, action_id: str, user: str, why: str) -> ActionStatus:
-    """Close a proposal without running it; refused (and audited) once it was decided."""
+def reject(
+    conn: duckdb.DuckDBPyConnection,
+    loaded: LoadedOntology,
+    roles: Roles,
+    action_id: str,
+    user: str,
+    why: str,
+) -> ActionStatus:
+    """Close a proposal without running it. Rejecting is deciding: `user` must hold the
+    approver role, and a refusal (that role missing, or the action decided already) is
+    audited."""
     subject = show(conn, action_id)[0].subject
     if not why.strip():
         raise ActionError("say why the action is rejected")
+    _require_role(conn, _action_type(loaded, subject.action_type), subject, roles, user)
     _decide(conn, subject, "rejected", user, why)
     return _announced(status_of(conn, action_id))

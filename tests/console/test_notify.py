@@ -128,7 +128,7 @@ def test_a_failing_webhook_never_holds_up_the_approval(
         done = approve(conn, loaded, roles, action_id, "alice", bootstrap_servers=servers)
         took = time.perf_counter() - started
         other = propose(conn, loaded, "kill_spark_job", NEXT_JOB, {"reason": "r"}, "bob", "hot")
-        reject(conn, other, "alice", "not this one")
+        reject(conn, loaded, roles, other, "alice", "not this one")
         received = webhook.wait_for(4 if delivered else 0, timeout=20)
     finally:
         notifier.close()

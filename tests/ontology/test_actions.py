@@ -376,13 +376,16 @@ def test_reject_closes_a_proposal(
     conn: duckdb.DuckDBPyConnection, loaded: LoadedOntology, roles: Roles
 ) -> None:
     action_id = _propose(conn, loaded)
-    assert reject(conn, action_id, "alice", "the backfill is expected").status == "rejected"
+    with pytest.raises(ActionRefused, match="'bob' does not hold role 'sre'"):
+        reject(conn, loaded, roles, action_id, "bob", "mine, I can close it")
+    assert reject(conn, loaded, roles, action_id, "alice", "expected").status == "rejected"
     with pytest.raises(ActionRefused, match="cannot approve: the action is already rejected"):
         approve(conn, loaded, roles, action_id, "alice", bootstrap_servers=_dead_broker())
     with pytest.raises(ActionRefused, match="cannot reject: the action is already rejected"):
-        reject(conn, action_id, "dave", "again")
+        reject(conn, loaded, roles, action_id, "dave", "again")
     assert _steps(conn, action_id) == [
         ("proposed", "bob"),
+        ("refused", "bob"),
         ("rejected", "alice"),
         ("refused", "alice"),
         ("refused", "dave"),
@@ -399,7 +402,7 @@ def test_an_unknown_action_id_is_a_clear_error(
         lambda: approve(conn, loaded, roles, missing, "alice", **options),
         lambda: retry(conn, loaded, roles, missing, "alice", **options),
         lambda: execute(conn, loaded, roles, missing, "alice", **options),
-        lambda: reject(conn, missing, "alice", "no"),
+        lambda: reject(conn, loaded, roles, missing, "alice", "no"),
         lambda: show(conn, missing),
         lambda: status_of(conn, missing),
     ):

@@ -61,11 +61,12 @@ class Recipe(BaseModel):
         description=(
             "4-bit NF4 base weights (bitsandbytes, bf16 compute), on CUDA or the CPU. auto: "
             "QLoRA on CUDA; on the CPU only when LoRA's fp32 base weights would exceed half the "
-            "available memory. Measured on 2 CPU cores (SmolLM2-135M, the default recipe): QLoRA "
-            "peaks at 0.58 times LoRA's memory (2.5 against 4.3 GB, mostly from the gradient "
-            "checkpointing peft turns on with it), trains at about LoRA's tokens/s (1.05 times "
-            "LoRA's step time, steps interleaved), starts from a base 0.3 nats worse in loss, "
-            "and its adapter is served over the unquantised base: LoRA while it fits."
+            "available memory. Measured on 2 shared CPU cores (`dagster-platform bench finetune`, "
+            "SmolLM2-135M, the default recipe): QLoRA peaks at 0.56 times LoRA's memory (2.4 "
+            "against 4.3 GB, mostly from the gradient checkpointing peft turns on with it), "
+            "trains at about LoRA's tokens/s (1.04 times; 0.95 with steps interleaved on the same "
+            "batches), starts from a base 0.3 nats worse in loss, and its adapter is served over "
+            "the unquantised base: LoRA while it fits."
         ),
     )
     seed: int = Field(default=42, ge=0)

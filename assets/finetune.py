@@ -183,9 +183,10 @@ def lora_adapter(
     llm: LLMResource,
 ):
     """A LoRA adapter trained on the latest dataset that passed its checks, with the recipe in
-    `data/finetune/recipe.yaml` (QLoRA in 4 bits when CUDA is there). Loss and tokens/s go to
-    the run's logs and to MLflow while it trains; the finished adapter becomes a new version of
-    the registered model with the alias `challenger`. An interrupted run registers nothing."""
+    `data/finetune/recipe.yaml` (on 4-bit base weights where it resolves to QLoRA). Loss and
+    tokens/s go to the run's logs and to MLflow while it trains; the finished adapter becomes a
+    new version of the registered model with the alias `challenger`. An interrupted run
+    registers nothing."""
     dataset_dir = artifacts.latest_dataset(state.path)
     recipe = finetune.recipe()
     history: list[TrainProgress] = []
@@ -225,6 +226,7 @@ def lora_adapter(
             "peak_memory_mb": dg.MetadataValue.float(result.peak_memory_mb),
             "wall_s": dg.MetadataValue.float(result.wall_s),
             "qlora": result.qlora,
+            "qlora_reason": result.qlora_reason,
             "device": result.device,
             "loss_curve": dg.MetadataValue.md(
                 png_markdown("training loss", artifacts.loss_curve_png(history))

@@ -175,11 +175,7 @@ def configure_cli_logging(
     stderr.setLevel(level if verbose or log_file is None else logging.ERROR)
     handlers: list[logging.Handler] = [stderr]
     if log_file is not None:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(_CliFileHandler(log_file))
-        except OSError:  # a read-only state folder must not stop the command
-            stderr.setLevel(level)
+        handlers.append(_CliFileHandler(log_file, fallback=stderr, level=level))
     for handler in handlers:
         handler.setFormatter(JsonFormatter())
         handler.addFilter(MaskingFilter())
@@ -187,10 +183,25 @@ def configure_cli_logging(
 
 
 class _CliFileHandler(logging.FileHandler):
-    """The command's log file, opened on the first record (most commands never log)."""
+    """The command's log file, created with its folder on the first record (most commands
+    never log, and `status` must find a state folder that does not exist yet as it is). When
+    it cannot be written (a read-only state folder), the lines go to stderr instead."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fallback: logging.Handler, level: str) -> None:
         super().__init__(path, encoding="utf-8", delay=True)
+        self._fallback, self._fallback_level = fallback, level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            try:
+                Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+                self.stream = self._open()
+            except OSError:
+                self._fallback.setLevel(self._fallback_level)
+                logging.getLogger("dagster_platform").removeHandler(self)
+                self._fallback.handle(record)
+                return
+        super().emit(record)
 
 
 def dagster_python_logs_config(log_file: str, level: str = "INFO") -> dict[str, Any]:

@@ -131,9 +131,15 @@ def action_card(view: ActionView) -> str:
             f'<div class="outcome">{esc(status.status)} by {esc(status.last_actor)} at '
             f"{esc(format_time(status.updated_at))}: {esc(status.detail)}</div>"
         )
+    # an executed command reaches the target first; its new state lands with its next event
+    lag = (
+        "; an executed action shows here once the target reports it (tens of seconds)"
+        if status.status == "executed"
+        else ""
+    )
     state = (
         f'<div class="target-state">{esc(status.target_type)} state now: '
-        f"<b>{esc(view.target_state)}</b> (as the tools read it)</div>"
+        f"<b>{esc(view.target_state)}</b> (as the tools read it{lag})</div>"
         if view.target_state
         else ""
     )

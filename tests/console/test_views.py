@@ -66,3 +66,25 @@ def test_who_answered_is_named() -> None:
 def test_a_markdown_report_keeps_its_tables_and_loses_its_tags() -> None:
     shown = markdown_as_text(f"| a | b |\n|---|---|\n| {SCRIPT} | **x** |")
     assert "| &lt;script&gt;" in shown and "**x**" in shown and "<script" not in shown
+
+
+def test_an_executed_card_says_the_target_reports_its_new_state_later() -> None:
+    from datetime import UTC, datetime
+
+    from dagster_platform.console.reads import ActionView
+    from dagster_platform.console.views import action_card
+    from dagster_platform.ontology.actions import ActionStatus
+
+    now = datetime(2026, 12, 4, 20, 47, tzinfo=UTC)
+
+    def card(status: str) -> str:
+        action = ActionStatus(
+            "act-1", "kill_spark_job", "spark_job", "app_1", {}, status, "assistant", now,
+            f"why {SCRIPT}", "alice", now, "command on ops-actions[0] at 1", None,
+        )  # fmt: skip
+        return action_card(ActionView(action, [], "sre", "RUNNING", True, None))
+
+    assert "state now: <b>RUNNING</b>" in card("executed")
+    assert "once the target reports it" in card("executed")
+    assert "once the target reports it" not in card("proposed")
+    assert "<script" not in card("executed")

@@ -240,6 +240,62 @@ def test_the_evaluation_asks_its_golden_questions_through_the_server(
     assert VLLMServerBackend(vllm_server.base_url).loaded_adapters() == []  # and cleaned up
 
 
+def test_the_loop_through_the_assets_promotes_into_the_running_server(
+    vllm_server: LocalVLLMServer,
+    state_dir: Path,
+    sample_warehouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sft_dataset → lora_adapter → adapter_evaluation → promoted_adapter, materialized with
+    the platform answering through the vLLM server: the promotion loads the champion into it."""
+    import shutil
+
+    import dagster as dg
+    import duckdb
+    import yaml
+
+    from assets.finetune import finetune_assets
+    from resources import FinetuneResource, LLMResource, WarehouseResource
+    from tests.assets.test_finetune import _gate, _interactions
+    from tests.support.state import platform_resources
+    from tests.support.tiny_models import TINY_RECIPE
+
+    settings = live_settings(state_dir)
+    shutil.copyfile(sample_warehouse, settings.warehouse_path)
+    with duckdb.connect(str(settings.warehouse_path)) as conn:
+        _interactions(conn)
+    monkeypatch.setenv("BASE_MODEL", str(PREPARED_LLM))
+    monkeypatch.setenv("LLM_BACKEND", "vllm-server")
+    monkeypatch.setenv("VLLM_BASE_URL", vllm_server.base_url)
+    recipe, gate = tmp_path / "recipe.yaml", tmp_path / "gate.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY_RECIPE, "max_steps": 2}), encoding="utf-8")
+    gate.write_text(yaml.safe_dump(_gate(min_examples=5)), encoding="utf-8")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            finetune_assets(settings),
+            instance=instance,
+            resources=platform_resources(
+                warehouse=WarehouseResource(database=str(settings.warehouse_path)),
+                finetune=FinetuneResource(recipe_path=str(recipe), gate_path=str(gate)),
+                llm=LLMResource(),
+            ),
+            raise_on_error=False,
+        )
+    assert result.success
+    (promoted,) = [
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("promoted_adapter")
+    ]
+    assert promoted["action"].value == "promoted"
+    service = LLMResource().service()
+    assert service.config.backend == "vllm-server"
+    assert VLLMServerBackend(vllm_server.base_url).loaded_adapters() == [f"{NAME}-v1"]
+    assert service.client.chat(QUESTION, SHORT).adapter == f"{NAME}-v1"
+    service.client.serve_adapter(None)
+
+
 ENGINE_SCRIPT = """
 import sys
 from pathlib import Path

@@ -132,11 +132,13 @@ def generation(
     conversations = [[Message("system", SYSTEM), Message("user", p)] for p in PROMPTS]
     config = GenerationConfig(max_new_tokens=new_tokens)
 
-    def ours(messages: list[Message]) -> tuple[int, str]:
+    def ours(messages: Sequence[Message]) -> Timed:
+        started = time.perf_counter()
         completion = client.chat(messages, config)
-        return completion.completion_tokens, completion.text
+        return Timed(completion.completion_tokens, time.perf_counter() - started, completion.text)
 
-    def bare(messages: list[Message]) -> tuple[int, str]:
+    def bare(messages: Sequence[Message]) -> Timed:
+        started = time.perf_counter()
         text = tokenizer.apply_chat_template(
             [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=True
         )
@@ -152,35 +154,13 @@ def generation(
                 top_k=None,
             )
         generated = output[0][inputs["input_ids"].shape[1] :]
-        return _counted(generated, tokenizer), tokenizer.decode(
-            generated, skip_special_tokens=True
-        ).strip()
+        answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
+        return Timed(_counted(generated, tokenizer), time.perf_counter() - started, answer)
 
-    paths = {"ours": ours, "bare": bare}
-    for path in paths.values():  # warm up
-        path(conversations[0])
-    rates: dict[str, list[float]] = {name: [] for name in paths}
-    texts: dict[str, list[str]] = {name: [] for name in paths}
-    tokens: dict[str, int] = {}
-    for round_ in range(rounds):
-        counts, seconds = Counter[str](), Counter[str]()
-        for number, messages in enumerate(conversations):
-            # interleaved prompt by prompt, so a load swing on the machine hits both paths
-            order = list(paths) if (round_ + number) % 2 == 0 else list(reversed(paths))
-            for name in order:
-                started = time.perf_counter()
-                generated, text = paths[name](messages)
-                seconds[name] += time.perf_counter() - started
-                counts[name] += generated
-                if round_ == 0:
-                    texts[name].append(text)
-        for name in paths:
-            rates[name].append(counts[name] / seconds[name])
-            tokens[name] = counts[name]
-        _progress(
-            f"generation round {round_ + 1}/{rounds}: {rates['ours'][-1]:.1f} tokens/s ours, "
-            f"{rates['bare'][-1]:.1f} bare"
-        )
+    # interleaved prompt by prompt, so a load swing on the machine hits both paths
+    rates, tokens, texts = interleaved(
+        {"ours": ours, "bare": bare}, conversations, rounds, label="generation"
+    )
     ours_tps, bare_tps = statistics.median(rates["ours"]), statistics.median(rates["bare"])
     return {
         "generation_prompts": len(PROMPTS),
@@ -505,7 +485,10 @@ def timed_chat(client: LLMClient, config: GenerationConfig) -> Ask:
 
 
 def interleaved(
-    paths: Mapping[str, Ask], conversations: Sequence[Sequence[Message]], rounds: int
+    paths: Mapping[str, Ask],
+    conversations: Sequence[Sequence[Message]],
+    rounds: int,
+    label: str = "serving",
 ) -> tuple[dict[str, list[float]], dict[str, int], dict[str, list[str]]]:
     """Tokens/s per round of each path, tokens per round and the first round's texts; the
     paths take turns prompt by prompt, the first of each turn rotating, after a warm-up."""
@@ -529,7 +512,7 @@ def interleaved(
             rates[name].append(tokens_per_s(counts[name], seconds[name]))
             tokens[name] = counts[name]
         _progress(
-            f"serving round {round_ + 1}/{rounds}: "
+            f"{label} round {round_ + 1}/{rounds}: "
             + ", ".join(f"{rates[n][-1]:.1f} tokens/s {n}" for n in names)
         )
     return rates, tokens, texts
@@ -811,7 +794,7 @@ def api_throughput(
 # promotion
 
 
-def _build_lora(target: Path, base_model: str, seed: int, rank: int = 8) -> Path:
+def build_lora(target: Path, base_model: str, seed: int, rank: int = 8) -> Path:
     """A LoRA of the base model (q and v projections, random B so it changes answers)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -846,13 +829,18 @@ def _log_adapter_run(tracking_uri: str, folder: Path, adapter: Path) -> str:
     return run.info.run_id
 
 
-def _service(server: LocalVLLMServer, base_model: str, folder: Path) -> LLMService:
+def vllm_service(
+    server: LocalVLLMServer,
+    base_model: str,
+    folder: Path,
+    registered_model: str = REGISTERED_MODEL,
+) -> LLMService:
     """A service as each process builds its own (the Dagster run, the API), on the registry
     in `folder`; its own registry check is an hour away."""
     config = LLMConfig(
         backend="vllm-server",
         base_model=base_model,
-        registered_model=REGISTERED_MODEL,
+        registered_model=registered_model,
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
         adapters_dir=folder / "adapters",
         vllm_base_url=server.base_url,
@@ -903,11 +891,12 @@ def promotion(server: LocalVLLMServer, base_model: str, folder: Path) -> dict[st
     registry = AdapterRegistry(uri, REGISTERED_MODEL)
     versions = [
         registry.register(
-            _log_adapter_run(uri, folder, _build_lora(folder / f"lora-{seed}", base_model, seed))
+            _log_adapter_run(uri, folder, build_lora(folder / f"lora-{seed}", base_model, seed))
         ).version
         for seed in (1, 2)
     ]
-    promoting, api = _service(server, base_model, folder), _service(server, base_model, folder)
+    promoting = vllm_service(server, base_model, folder)
+    api = vllm_service(server, base_model, folder)
     calls, firsts = [], []
     for version, refresh in zip(versions, (True, False), strict=True):
         calls.append(_promote(registry, promoting, version, folder))

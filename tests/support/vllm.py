@@ -29,19 +29,8 @@ def session_server(run_dir: Path, port: int | None = None) -> LocalVLLMServer:
 
 
 def build_lora(target: Path, rank: int = 8, seed: int = 0) -> Path:
-    """A LoRA of the packaged SmolLM2 (q and v projections, random B so it changes answers)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    """A LoRA of the packaged SmolLM2 (q and v projections, random B so it changes answers);
+    the benchmark's builder, imported here only when asked (it loads torch)."""
+    from benchmarks.llm import build_lora as benchmark_lora
 
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(PREPARED_LLM, dtype=torch.float32)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        target_modules=["q_proj", "v_proj"],
-        task_type="CAUSAL_LM",
-        init_lora_weights=False,
-    )
-    get_peft_model(base, config).save_pretrained(target)
-    return target
+    return benchmark_lora(target, str(PREPARED_LLM), seed, rank)

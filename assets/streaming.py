@@ -1,13 +1,17 @@
 """Streaming ingestion: Kafka topics landed exactly once, and the rollups that follow them.
 
-A landing run consumes from where the warehouse says it stopped, writes rows, dead letters and
+A landing consumes from where the warehouse says it stopped, writes rows, dead letters and
 offsets in one DuckDB transaction, then commits the offsets to the consumer group that the
-sensors watch. Rollups update on their own (declarative automation) after new rows land.
+sensors watch. The stream sensors land each batch themselves and report the materializations
+of its tables, of the rollups refreshed from it and of the dead letters (`land_batch`), so the
+steady state costs no run at all; the assets land and refresh in a run when materialized.
 """
 
 import time
+from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 import polars as pl
 
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
@@ -21,7 +25,7 @@ from dagster_platform.kafka.tables import (
     unreconciled,
 )
 from dagster_platform.kafka.topics import KafkaUnavailable
-from dagster_platform.kafka.write import ConcurrentLanding
+from dagster_platform.kafka.write import ConcurrentLanding, Connect
 from dagster_platform.lib import metrics
 from dagster_platform.lib.markdown import markdown_table
 from resources import WAREHOUSE_POOL, KafkaResource, WarehouseResource
@@ -44,6 +48,84 @@ def _landing_metadata(report: LandingReport, table: str, total_rows: int) -> dic
     }
 
 
+@dataclass
+class LandedBatch:
+    """What one landing did, as Dagster events: a run yields them, the sensor reports them."""
+
+    family: StreamFamily
+    metadata: dict[str, dict[str, dg.MetadataValue]]  # asset name -> its materialization's
+    problems: list[str]  # what `nothing_dropped` found
+    report: LandingReport | None = None
+    overtaken: str | None = None  # another landing committed this range first
+
+    def check(self) -> dg.AssetCheckResult:
+        return _reconciled(dg.AssetKey(self.family.tables[0].table), self.problems)
+
+    def materializations(self) -> list[dg.AssetMaterialization]:
+        return [dg.AssetMaterialization(name, metadata=md) for name, md in self.metadata.items()]
+
+    def describe(self) -> str:
+        if self.overtaken:
+            return f"{self.family.topic}: skipped, another run landed this range ({self.overtaken})"
+        r = self.report
+        assert r is not None
+        return (
+            f"{self.family.topic}: consumed {r.consumed}, landed {r.landed_total}, "
+            f"dead-lettered {r.dead_lettered}, lag {r.remaining_lag}"
+        )
+
+
+def land_batch(
+    connect: Connect,
+    kafka: KafkaResource,
+    family: StreamFamily,
+    *,
+    follow: bool,
+    max_messages: int | None = None,
+) -> LandedBatch:
+    """Land one bounded batch of `family`; with `follow`, refresh the rollups of its tables
+    and the dead-letter summary in the same breath (what the sensor reports with the batch).
+
+    Raises `dg.Failure` when the broker does not answer: nothing was written."""
+    started = time.perf_counter()
+    try:
+        report = land_stream(
+            connect,
+            kafka.servers,
+            family,
+            max_messages=max_messages or kafka.max_messages_per_run,
+            max_message_bytes=kafka.max_message_bytes,
+            timeout=kafka.timeout_seconds,
+        )
+    except KafkaUnavailable as exc:
+        raise dg.Failure(description=f"{family.topic}: {exc}; nothing was written.") from exc
+    except ConcurrentLanding as exc:  # not a failure: the range is landed, by the other run
+        with connect() as conn:
+            return LandedBatch(family, {}, unreconciled(conn, family), overtaken=str(exc))
+    metrics.record_landing(report, time.perf_counter() - started)  # never raises
+    metadata: dict[str, dict[str, dg.MetadataValue]] = {}
+    with connect() as conn:
+        problems = unreconciled(conn, family)
+        for table in family.tables:
+            total = conn.execute(f'SELECT count(*) FROM "{table.table}"').fetchone()[0]
+            counts = running_counts(conn, table)
+            metadata[table.table] = {
+                **_landing_metadata(report, table.table, total),
+                **{k: dg.MetadataValue.int(v) for k, v in counts.items()},
+            }
+        if follow and report.landed_total:
+            for spec in rollups_of(family):
+                metadata[spec.name] = rollup_metadata(conn, spec)
+        if follow and report.dead_lettered:
+            metadata[DEAD_LETTER_TABLE] = dead_letter_metadata(conn)
+    return LandedBatch(family, metadata, problems, report=report)
+
+
+def rollups_of(family: StreamFamily) -> list[Rollup]:
+    tables = {t.table for t in family.tables}
+    return [spec for spec in ROLLUPS if spec.source in tables]
+
+
 def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
     specs = [
         dg.AssetSpec(
@@ -57,17 +139,18 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
         )
         for table in family.tables
     ]
-    check_key = specs[0].key
 
     @dg.multi_asset(
         name=f"land_{family.name}",
         specs=specs,
         pool=WAREHOUSE_POOL,
-        description=f"Lands `{family.topic}` into DuckDB exactly once.",
+        description=f"Lands `{family.topic}` into DuckDB exactly once. The `{family.name}_backlog` "
+        "sensor lands new messages itself and reports them here; materializing this asset "
+        "lands them in a run (DAGSTER_PLATFORM_STREAM_LANDING=run makes the sensor do that).",
         check_specs=[
             dg.AssetCheckSpec(
                 "nothing_dropped",
-                asset=check_key,
+                asset=specs[0].key,
                 description="Per partition, rows landed + dead-lettered = messages consumed, "
                 "with no offset stored twice.",
             )
@@ -76,44 +159,11 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
     def _land(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, kafka: KafkaResource
     ):
-        started = time.perf_counter()
-        try:
-            report = land_stream(
-                warehouse.get_connection,
-                kafka.servers,
-                family,
-                max_messages=kafka.max_messages_per_run,
-                max_message_bytes=kafka.max_message_bytes,
-                timeout=kafka.timeout_seconds,
-            )
-        except KafkaUnavailable as exc:
-            raise dg.Failure(description=f"{family.topic}: {exc}; nothing was written.") from exc
-        except ConcurrentLanding as exc:  # not a failure: the range is landed, by the other run
-            context.log.info(f"{family.topic}: skipped, another run landed this range ({exc})")
-            with warehouse.get_connection() as conn:
-                yield _reconciled(check_key, unreconciled(conn, family))
-            return
-        metrics.record_landing(report, time.perf_counter() - started)  # never raises
-        context.log.info(
-            f"{family.topic}: consumed {report.consumed}, landed {report.landed_total}, "
-            f"dead-lettered {report.dead_lettered}, lag {report.remaining_lag}"
-        )
-        with warehouse.get_connection() as conn:
-            problems = unreconciled(conn, family)
-            totals = {
-                t.table: conn.execute(f'SELECT count(*) FROM "{t.table}"').fetchone()[0]
-                for t in family.tables
-            }
-            counts = {t.table: running_counts(conn, t) for t in family.tables}
-        for table in family.tables:
-            yield dg.MaterializeResult(
-                asset_key=table.table,
-                metadata={
-                    **_landing_metadata(report, table.table, totals[table.table]),
-                    **{k: dg.MetadataValue.int(v) for k, v in counts[table.table].items()},
-                },
-            )
-        yield _reconciled(check_key, problems)
+        batch = land_batch(warehouse.get_connection, kafka, family, follow=False)
+        context.log.info(batch.describe())
+        for name, metadata in batch.metadata.items():
+            yield dg.MaterializeResult(asset_key=name, metadata=metadata)
+        yield batch.check()
 
     return _land
 
@@ -131,6 +181,24 @@ landing_assets = [build_landing_asset(family) for family in STREAM_FAMILIES]
 LANDED_KEYS = [dg.AssetKey(t.table) for f in STREAM_FAMILIES for t in f.tables]
 
 
+def dead_letter_metadata(conn: duckdb.DuckDBPyConnection) -> dict[str, dg.MetadataValue]:
+    ensure_all_tables(conn)
+    summary = dead_letter_summary(conn)
+    latest = conn.sql(
+        f"SELECT kafka_topic, kafka_partition, kafka_offset, reason, error, size_bytes "
+        f"FROM {DEAD_LETTER_TABLE} ORDER BY landed_at DESC, kafka_offset DESC LIMIT 10"
+    ).pl()
+    return {
+        "dagster/row_count": dg.MetadataValue.int(sum(n for _, _, n in summary)),
+        "by_reason": dg.MetadataValue.md(
+            markdown_table(
+                pl.DataFrame(summary, schema=["topic", "reason", "messages"], orient="row")
+            )
+        ),
+        "latest": dg.MetadataValue.md(markdown_table(latest)),
+    }
+
+
 @dg.asset(
     name=DEAD_LETTER_TABLE,
     group_name=GROUP,
@@ -138,31 +206,26 @@ LANDED_KEYS = [dg.AssetKey(t.table) for f in STREAM_FAMILIES for t in f.tables]
     owners=OWNERS,
     deps=LANDED_KEYS,
     pool=WAREHOUSE_POOL,
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def dead_letter_events(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every message that could not land — not JSON, against its schema, of an unknown type,
-    empty or oversized — with the reason, its coordinates and its bytes. The landing runs
-    write it; this asset reports what it holds."""
+    empty or oversized — with the reason, its coordinates and its bytes. The landings write
+    it; this asset reports what it holds, and the stream sensors report it with every batch
+    that dead-lettered something."""
     with warehouse.get_connection() as conn:
-        ensure_all_tables(conn)
-        summary = dead_letter_summary(conn)
-        latest = conn.sql(
-            f"SELECT kafka_topic, kafka_partition, kafka_offset, reason, error, size_bytes "
-            f"FROM {DEAD_LETTER_TABLE} ORDER BY landed_at DESC, kafka_offset DESC LIMIT 10"
-        ).pl()
-    total = sum(n for _, _, n in summary)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": dg.MetadataValue.int(total),
-            "by_reason": dg.MetadataValue.md(
-                markdown_table(
-                    pl.DataFrame(summary, schema=["topic", "reason", "messages"], orient="row")
-                )
-            ),
-            "latest": dg.MetadataValue.md(markdown_table(latest)),
-        }
-    )
+        return dg.MaterializeResult(metadata=dead_letter_metadata(conn))
+
+
+def rollup_metadata(conn: duckdb.DuckDBPyConnection, spec: Rollup) -> dict[str, dg.MetadataValue]:
+    """Refresh `spec` incrementally; what its materialization says."""
+    ensure_all_tables(conn)
+    counts = refresh(conn, spec)
+    preview = conn.sql(f"SELECT * FROM {spec.name} ORDER BY 1 DESC LIMIT 10").pl()
+    return {
+        "dagster/row_count": dg.MetadataValue.int(counts["rows"]),
+        "keys_recomputed": dg.MetadataValue.int(counts["touched"]),
+        "preview": dg.MetadataValue.md(markdown_table(preview)),
+    }
 
 
 def build_rollup_asset(spec: Rollup) -> dg.AssetsDefinition:
@@ -173,22 +236,13 @@ def build_rollup_asset(spec: Rollup) -> dg.AssetsDefinition:
         owners=OWNERS,
         deps=[spec.source],
         pool=WAREHOUSE_POOL,
-        automation_condition=dg.AutomationCondition.eager(),
         description=f"Derived from `{spec.source}`, refreshed incrementally: only the "
-        "buckets or jobs touched by rows landed since the last refresh are recomputed.",
+        "buckets or jobs touched by rows landed since the last refresh are recomputed. The "
+        "stream sensor refreshes it with every batch it lands.",
     )
     def _rollup(warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.get_connection() as conn:
-            ensure_all_tables(conn)
-            counts = refresh(conn, spec)
-            preview = conn.sql(f"SELECT * FROM {spec.name} ORDER BY 1 DESC LIMIT 10").pl()
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": dg.MetadataValue.int(counts["rows"]),
-                "keys_recomputed": dg.MetadataValue.int(counts["touched"]),
-                "preview": dg.MetadataValue.md(markdown_table(preview)),
-            }
-        )
+            return dg.MaterializeResult(metadata=rollup_metadata(conn, spec))
 
     return _rollup
 

@@ -115,6 +115,22 @@ class Settings(BaseSettings):
         ),
         description="Seconds between backlog checks of the stream sensors.",
     )
+    stream_landing: Literal["sensor", "run"] = Field(
+        default="sensor",
+        validation_alias=AliasChoices("DAGSTER_PLATFORM_STREAM_LANDING", "stream_landing"),
+        description="`sensor`: a stream sensor lands each batch itself and reports the "
+        "materializations, no run at all (`bench streaming` compares the two); `run`: it "
+        "requests a landing run per backlog, each with its own logs and process.",
+    )
+    stream_warehouse_wait: float = Field(
+        default=20.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "DAGSTER_PLATFORM_STREAM_WAREHOUSE_WAIT", "stream_warehouse_wait"
+        ),
+        description="Seconds a stream sensor waits for a warehouse another writer holds "
+        "before leaving the batch to its next tick.",
+    )
     llm_backend: Literal["auto", "transformers", "vllm-server", "vllm-engine"] = Field(
         default="auto",
         validation_alias=AliasChoices("LLM_BACKEND", "llm_backend"),

@@ -19,6 +19,12 @@ class KafkaResource(dg.ConfigurableResource):
     max_messages_per_run: int = Field(
         default=DEFAULT_MAX_MESSAGES, description="Upper bound of one landing batch."
     )
+    max_messages_per_tick: int = Field(
+        default=20_000,
+        ge=1,
+        description="Upper bound of a batch the stream sensor lands itself: a tick must end "
+        "well inside the sensor timeout, and the rest lands on the next tick.",
+    )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, description="Larger messages are dead-lettered."
     )

@@ -1,21 +1,38 @@
 """One sensor per topic family: land new messages as soon as Kafka says they are there.
 
-A tick asks Kafka alone (high watermarks against the offsets the landing runs committed to the
-consumer group) and never opens DuckDB. It requests a run when there is a backlog and none is
-queued or in flight for that family. Requests carry no run key — Dagster keeps run keys for
-ever, and a key repeated after a failed run would be dropped silently — so a failed run's range
-is simply picked up by the next request, from where the warehouse says it stopped.
+A tick first asks Kafka alone (high watermarks against the offsets the landings committed to
+the consumer group), so a tick with nothing new never opens DuckDB. With a backlog, the sensor
+lands one bounded batch itself, refreshes the rollups fed by it and reports the
+materializations of the tables, the rollups and the dead letters, and the `nothing_dropped`
+check, as runless events (`SensorResult.asset_events`): they show in each asset's history and
+drive the automation of what follows, and the steady state costs no Dagster run at all. A tick
+that fails is a failed tick in the UI, and the next tick lands the same range again from where
+the warehouse says it stopped; a warehouse that another writer holds longer than
+DAGSTER_PLATFORM_STREAM_WAREHOUSE_WAIT leaves the batch to the next tick, saying so.
+
+With DAGSTER_PLATFORM_STREAM_LANDING=run the sensor requests a landing run instead (tables,
+rollups and dead letters in one run), when none is queued or in flight for that family.
+Requests carry no run key — Dagster keeps run keys for ever, and a key repeated after a failed
+run would be dropped silently — so a failed run's range is picked up by the next request.
+`dagster-platform bench streaming` measures the two side by side.
 """
 
 import json
 import time
+from functools import partial
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 
+from assets.streaming import LandedBatch, land_batch, rollups_of
 from dagster_platform.kafka.backlog import backlog
 from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
+from dagster_platform.kafka.tables import DEAD_LETTER_TABLE
 from dagster_platform.kafka.topics import KafkaUnavailable
-from resources import KafkaResource
+from dagster_platform.lib.warehouse import open_warehouse
+from dagster_platform.settings import get_settings
+from resources import KafkaResource, WarehouseResource
 
 STREAM_TAG = "dagster-platform/stream"
 BASE_INTERVAL_SECONDS = 1
@@ -28,19 +45,30 @@ IN_FLIGHT = [
 ]
 
 
+def landed_by(family: StreamFamily) -> list[dg.AssetKey]:
+    """What one landing of `family` materializes: its tables, their rollups, the dead letters."""
+    names = [
+        *(t.table for t in family.tables),
+        *(spec.name for spec in rollups_of(family)),
+        DEAD_LETTER_TABLE,
+    ]
+    return [dg.AssetKey(name) for name in names]
+
+
 def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
-    keys = [dg.AssetKey(t.table) for t in family.tables]
+    keys = landed_by(family)
 
     @dg.sensor(
         name=f"{family.name}_backlog",
-        description=f"Requests a landing run of `{family.topic}` when it has unlanded messages. "
+        description=f"Lands `{family.topic}` when it has unlanded messages and reports the "
+        "materializations (or requests a landing run: DAGSTER_PLATFORM_STREAM_LANDING=run). "
         "Interval: DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL seconds (default 5).",
         target=dg.AssetSelection.assets(*keys),
         minimum_interval_seconds=BASE_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(
-        context: dg.SensorEvaluationContext, kafka: KafkaResource
+        context: dg.SensorEvaluationContext, kafka: KafkaResource, warehouse: WarehouseResource
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = json.loads(context.cursor) if context.cursor else {}
         now = time.time()
@@ -48,47 +76,105 @@ def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
         if now - cursor.get("checked_at", 0.0) < interval:
             return dg.SkipReason(f"next check of {family.topic} in under {interval:.0f}s")
         cursor["checked_at"] = now
+
+        def skip(reason: str) -> dg.SensorResult:
+            return dg.SensorResult(skip_reason=reason, cursor=json.dumps(cursor))
+
         runs = context.instance.get_runs(
             filters=dg.RunsFilter(tags={STREAM_TAG: family.name}, statuses=IN_FLIGHT), limit=1
         )
         if runs:
-            return dg.SensorResult(
-                skip_reason=f"run {runs[0].run_id} for {family.topic} is "
-                f"{runs[0].status.value.lower()}; not starting the same work twice",
-                cursor=json.dumps(cursor),
+            return skip(
+                f"run {runs[0].run_id} for {family.topic} is {runs[0].status.value.lower()}; "
+                "not starting the same work twice"
             )
         try:
             waiting = backlog(kafka.servers, family, timeout=kafka.timeout_seconds / 2)
         except KafkaUnavailable as exc:
-            return dg.SensorResult(
-                skip_reason=f"broker unreachable, will retry: {exc}", cursor=json.dumps(cursor)
-            )
+            return skip(f"broker unreachable, will retry: {exc}")
         if waiting.waiting == 0:
+            return skip(f"no backlog ({waiting.describe()})")
+        if get_settings().stream_landing == "run":
             return dg.SensorResult(
-                skip_reason=f"no backlog ({waiting.describe()})", cursor=json.dumps(cursor)
+                run_requests=[
+                    dg.RunRequest(
+                        asset_selection=keys,
+                        tags={
+                            STREAM_TAG: family.name,
+                            "dagster-platform/backlog": str(waiting.waiting),
+                        },
+                    )
+                ],
+                cursor=json.dumps(cursor),
             )
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    asset_selection=keys,
-                    tags={
-                        STREAM_TAG: family.name,
-                        "dagster-platform/backlog": str(waiting.waiting),
-                    },
-                )
-            ],
-            cursor=json.dumps(cursor),
-        )
+        return _land_here(context, family, kafka, warehouse, json.dumps(cursor))
 
     return _sensor
 
 
+def _land_here(
+    context: dg.SensorEvaluationContext,
+    family: StreamFamily,
+    kafka: KafkaResource,
+    warehouse: WarehouseResource,
+    cursor: str,
+) -> dg.SensorResult:
+    """Land one batch in this process: the warehouse through this process's one connection
+    owner (the family sensors evaluated at once take turns), waiting a bounded time for
+    another process's writer, so that the tick ends inside the sensor timeout."""
+
+    def skip(reason: str) -> dg.SensorResult:
+        return dg.SensorResult(skip_reason=reason, cursor=cursor)
+
+    wait = get_settings().stream_warehouse_wait
+    connect = partial(open_warehouse, Path(warehouse.path), wait_seconds=wait)
+    try:
+        batch = land_batch(
+            connect, kafka, family, follow=True, max_messages=kafka.max_messages_per_tick
+        )
+    except dg.Failure as exc:  # the broker went away after the backlog check
+        return skip(f"broker unreachable, will retry: {exc.description}")
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        return skip(
+            f"the warehouse is held by another writer for over {wait:.0f}s; {family.topic} "
+            "lands on the next tick, from where the warehouse stopped"
+        )
+    context.log.info(batch.describe())
+    return dg.SensorResult(
+        skip_reason=_summary(batch),
+        cursor=cursor,
+        asset_events=[*batch.materializations(), _evaluation(batch)],
+    )
+
+
+def _summary(batch: LandedBatch) -> str:
+    """The tick's line in the sensor's history: a tick with no run shows as skipped."""
+    if batch.overtaken:
+        return batch.describe()
+    follow = [name for name in batch.metadata if name not in {t.table for t in batch.family.tables}]
+    also = f"; refreshed {', '.join(follow)}" if follow else ""
+    return f"landed here, no run: {batch.describe()}{also}"
+
+
+def _evaluation(batch: LandedBatch) -> dg.AssetCheckEvaluation:
+    check = batch.check()
+    return dg.AssetCheckEvaluation(
+        asset_key=check.asset_key,
+        check_name=check.check_name,
+        passed=check.passed,
+        metadata=check.metadata,
+    )
+
+
 stream_sensors = [build_stream_sensor(family) for family in STREAM_FAMILIES]
 
-rollup_automation = dg.AutomationConditionSensorDefinition(
-    "rollup_automation",
+declarative_automation = dg.AutomationConditionSensorDefinition(
+    "declarative_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=5,
-    description="Evaluates the automation conditions (rollups follow new landed rows).",
+    description="Evaluates the automation conditions: the ontology and knowledge base follow "
+    "their inputs (tables fed by Kafka on the ontology's cron).",
 )

@@ -49,7 +49,7 @@ def test_the_streams_land_into_typed_tables_with_rollups_that_follow() -> None:
         node = graph.get(dg.AssetKey(name))
         assert node.group_name == "ingestion"
         assert node.pools == {"warehouse"}
-        assert (node.automation_condition is not None) == (name in derived)
+        assert node.automation_condition is None  # the stream sensors land and refresh them
     checks = graph.get_check_keys_for_assets({dg.AssetKey("host_metrics")})
     assert {c.name for c in checks} == {"nothing_dropped"}
 
@@ -62,7 +62,7 @@ def test_resources_and_sensors_are_merged() -> None:
         "raw_events_backlog",
         "alert_events_backlog",
         "feedback_events_backlog",
-        "rollup_automation",
+        "declarative_automation",
     ):
         sensor = resolved.get_sensor_def(name)
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -9,7 +9,6 @@ import duckdb
 import pytest
 
 from assets.streaming import dead_letter_events, landing_assets, rollup_assets
-from dagster_platform.definitions import defs
 from dagster_platform.kafka.broker import EmbeddedBroker
 from dagster_platform.kafka.events import SparkJobEventV1, encode
 from dagster_platform.kafka.rollups import ROLLUPS
@@ -96,26 +95,11 @@ def test_landing_then_rollups_and_dead_letters(
     )
 
 
-def test_rollups_follow_landing_on_their_own(
-    private_broker: EmbeddedBroker, resources: dict
-) -> None:
-    produce(private_broker, "raw-data-stream", samples(1))
-    with dg.instance_for_test() as instance:
-        before = dg.evaluate_automation_conditions(defs=defs(), instance=instance)
-        assert before.total_requested == 0
-        dg.materialize(landing_assets, resources=resources, instance=instance)
-        after = dg.evaluate_automation_conditions(
-            defs=defs(), instance=instance, cursor=before.cursor
-        )
-    derived = {spec.name for spec in ROLLUPS} | {"dead_letter_events"}
-    candidates = derived | {"host_metrics", "clusters"}
-    requested = {n for n in candidates if after.get_num_requested(dg.AssetKey(n))}
-    assert requested == derived  # landing itself is the sensors' job, not automation's
-
-
 def sensor_tick(sensor, instance, resources, cursor=None):
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"kafka": resources["kafka"]}
+        instance=instance,
+        cursor=cursor,
+        resources={"kafka": resources["kafka"], "warehouse": resources["warehouse"]},
     )
     return sensor(context)
 
@@ -130,10 +114,51 @@ def skipped(result) -> str:
     return reason.skip_message
 
 
-def test_sensor_requests_a_run_only_when_there_is_a_backlog(
+def reported(result) -> dict[str, dg.AssetMaterialization]:
+    return {
+        e.asset_key.path[-1]: e
+        for e in result.asset_events
+        if isinstance(e, dg.AssetMaterialization)
+    }
+
+
+def test_the_sensor_lands_a_batch_itself_and_reports_it_with_no_run(
     private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    with dg.instance_for_test() as instance:
+        assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
+        produce(private_broker, "raw-data-stream", [*samples(2), b"{oops"])
+        produce(private_broker, "raw-data-stream", [job_event("app_1", "RUNNING", 0, 31.4)])
+        tick = sensor_tick(RAW, instance, resources)
+        assert "landed here, no run" in skipped(tick)
+        events = reported(tick)
+        rollups = {spec.name for spec in ROLLUPS}
+        assert set(events) == {"host_metrics", "spark_job_events", "dead_letter_events"} | rollups
+        assert events["host_metrics"].metadata["rows_landed"].value == 8
+        assert events["dead_letter_events"].metadata["dagster/row_count"].value == 1
+        assert events["spark_job_state"].metadata["dagster/row_count"].value == 1
+        (check,) = [e for e in tick.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+        assert check.passed and check.check_name == "nothing_dropped"
+        for event in tick.asset_events:  # what the sensor daemon does with them
+            instance.report_runless_asset_event(event)
+        latest = instance.get_latest_materialization_event(dg.AssetKey("host_metrics"))
+        assert latest.asset_materialization.metadata["dagster/row_count"].value == 8
+        assert instance.get_runs() == []
+        assert query(resources, "SELECT count(*) FROM cluster_utilization_1m") == [(2,)]
+        # nothing new: no warehouse work, nothing reported; a clean batch reports no dead letters
+        assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
+        produce(private_broker, "raw-data-stream", samples(1, cpu=90.0))
+        again = reported(sensor_tick(RAW, instance, resources))
+    assert "dead_letter_events" not in again and "spark_job_state" in again
+    assert again["cluster_utilization_1m"].metadata["keys_recomputed"].value == 1
+
+
+def test_in_run_mode_the_sensor_requests_one_run_of_the_landing_and_what_follows(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_LANDING", "run")
     with dg.instance_for_test() as instance:
         assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
         produce(private_broker, "raw-data-stream", samples(1))
@@ -141,9 +166,16 @@ def test_sensor_requests_a_run_only_when_there_is_a_backlog(
         (request,) = wanted.run_requests
         assert request.tags[STREAM_TAG] == "raw_events"
         assert request.run_key is None
-        assert {k.path[-1] for k in request.asset_selection} == {"host_metrics", "spark_job_events"}
+        derived = {spec.name for spec in ROLLUPS} | {"dead_letter_events"}
+        selected = {k.path[-1] for k in request.asset_selection}
+        assert selected == {"host_metrics", "spark_job_events"} | derived
         # once landed (and committed to the group), the backlog is gone
-        dg.materialize(landing_assets[:1], resources=resources, instance=instance)
+        assert dg.materialize(
+            [*landing_assets, dead_letter_events, *rollup_assets],
+            selection=list(request.asset_selection),
+            resources=resources,
+            instance=instance,
+        ).success
         assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
 
 
@@ -151,6 +183,7 @@ def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
     private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_LANDING", "run")
     produce(private_broker, "raw-data-stream", samples(1))
     job = dg.define_asset_job("land_raw", selection=["host_metrics", "spark_job_events"])
     resolved = dg.Definitions(assets=landing_assets, jobs=[job], resources=resources)

@@ -13,7 +13,7 @@ from dagster_platform.kafka.broker import EmbeddedBroker
 def test_unknown_benchmark_lists_the_known_ones() -> None:
     result = CliRunner().invoke(app, ["bench", "kafka-nothing"])
     assert result.exit_code == 1
-    known = "answers, finetune, kafka-ingest, kafka-latency, knowledge, llm, ontology"
+    known = "answers, finetune, kafka-ingest, kafka-latency, knowledge, llm, ontology, streaming"
     assert f"available: {known}" in result.output
 
 

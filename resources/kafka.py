@@ -29,15 +29,7 @@ class KafkaResource(dg.ConfigurableResource):
         default=DEFAULT_MAX_MESSAGE_BYTES, description="Larger messages are dead-lettered."
     )
     timeout_seconds: float = Field(default=10.0, description="Broker request timeout.")
-    sensor_interval_seconds: float | None = Field(
-        default=None, ge=1.0, description="Overrides DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL."
-    )
 
     @property
     def servers(self) -> str:
         return self.bootstrap_servers or get_settings().bootstrap_servers
-
-    @property
-    def sensor_interval(self) -> float:
-        """Seconds between the stream sensors' backlog checks of a topic."""
-        return self.sensor_interval_seconds or get_settings().stream_sensor_interval

@@ -7,7 +7,7 @@ from sensors.alert_sensors import incident_reports_job, new_alerts
 from sensors.file_sensors import data_folder_changes
 from sensors.finetune_sensors import finetune_job, new_feedback, nightly_finetune
 from sensors.ontology_sensors import ontology_changes
-from sensors.stream_sensors import declarative_automation, stream_sensors
+from sensors.stream_sensors import build_stream_sensors, declarative_automation
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -16,7 +16,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         sensors=[
             data_folder_changes,
             ontology_changes,
-            *stream_sensors,
+            *build_stream_sensors(settings),
             declarative_automation,
             new_alerts,
             new_feedback,

@@ -17,8 +17,6 @@ run would be dropped silently — so a failed run's range is picked up by the ne
 `dagster-platform bench streaming` measures the two side by side.
 """
 
-import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -31,11 +29,10 @@ from dagster_platform.kafka.events import STREAM_FAMILIES, StreamFamily
 from dagster_platform.kafka.tables import DEAD_LETTER_TABLE
 from dagster_platform.kafka.topics import KafkaUnavailable
 from dagster_platform.lib.warehouse import open_warehouse
-from dagster_platform.settings import get_settings
+from dagster_platform.settings import Settings, get_settings
 from resources import KafkaResource, WarehouseResource
 
 STREAM_TAG = "dagster-platform/stream"
-BASE_INTERVAL_SECONDS = 1
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -55,7 +52,7 @@ def landed_by(family: StreamFamily) -> list[dg.AssetKey]:
     return [dg.AssetKey(name) for name in names]
 
 
-def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
+def build_stream_sensor(family: StreamFamily, interval_seconds: float) -> dg.SensorDefinition:
     keys = landed_by(family)
 
     @dg.sensor(
@@ -64,36 +61,26 @@ def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
         "materializations (or requests a landing run: DAGSTER_PLATFORM_STREAM_LANDING=run). "
         "Interval: DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL seconds (default 5).",
         target=dg.AssetSelection.assets(*keys),
-        minimum_interval_seconds=BASE_INTERVAL_SECONDS,
+        minimum_interval_seconds=max(1, round(interval_seconds)),
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(
         context: dg.SensorEvaluationContext, kafka: KafkaResource, warehouse: WarehouseResource
     ) -> dg.SensorResult | dg.SkipReason:
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        now = time.time()
-        interval = kafka.sensor_interval
-        if now - cursor.get("checked_at", 0.0) < interval:
-            return dg.SkipReason(f"next check of {family.topic} in under {interval:.0f}s")
-        cursor["checked_at"] = now
-
-        def skip(reason: str) -> dg.SensorResult:
-            return dg.SensorResult(skip_reason=reason, cursor=json.dumps(cursor))
-
         runs = context.instance.get_runs(
             filters=dg.RunsFilter(tags={STREAM_TAG: family.name}, statuses=IN_FLIGHT), limit=1
         )
         if runs:
-            return skip(
+            return dg.SkipReason(
                 f"run {runs[0].run_id} for {family.topic} is {runs[0].status.value.lower()}; "
                 "not starting the same work twice"
             )
         try:
             waiting = backlog(kafka.servers, family, timeout=kafka.timeout_seconds / 2)
         except KafkaUnavailable as exc:
-            return skip(f"broker unreachable, will retry: {exc}")
+            return dg.SkipReason(f"broker unreachable, will retry: {exc}")
         if waiting.waiting == 0:
-            return skip(f"no backlog ({waiting.describe()})")
+            return dg.SkipReason(f"no backlog ({waiting.describe()})")
         if get_settings().stream_landing == "run":
             return dg.SensorResult(
                 run_requests=[
@@ -104,10 +91,9 @@ def build_stream_sensor(family: StreamFamily) -> dg.SensorDefinition:
                             "dagster-platform/backlog": str(waiting.waiting),
                         },
                     )
-                ],
-                cursor=json.dumps(cursor),
+                ]
             )
-        return _land_here(context, family, kafka, warehouse, json.dumps(cursor))
+        return _land_here(context, family, kafka, warehouse)
 
     return _sensor
 
@@ -117,15 +103,10 @@ def _land_here(
     family: StreamFamily,
     kafka: KafkaResource,
     warehouse: WarehouseResource,
-    cursor: str,
-) -> dg.SensorResult:
+) -> dg.SensorResult | dg.SkipReason:
     """Land one batch in this process: the warehouse through this process's one connection
     owner (the family sensors evaluated at once take turns), waiting a bounded time for
     another process's writer, so that the tick ends inside the sensor timeout."""
-
-    def skip(reason: str) -> dg.SensorResult:
-        return dg.SensorResult(skip_reason=reason, cursor=cursor)
-
     wait = get_settings().stream_warehouse_wait
     connect = partial(open_warehouse, Path(warehouse.path), wait_seconds=wait)
     try:
@@ -133,18 +114,17 @@ def _land_here(
             connect, kafka, family, follow=True, max_messages=kafka.max_messages_per_tick
         )
     except dg.Failure as exc:  # the broker went away after the backlog check
-        return skip(f"broker unreachable, will retry: {exc.description}")
+        return dg.SkipReason(f"broker unreachable, will retry: {exc.description}")
     except duckdb.IOException as exc:
         if "lock" not in str(exc).lower():
             raise
-        return skip(
+        return dg.SkipReason(
             f"the warehouse is held by another writer for over {wait:.0f}s; {family.topic} "
             "lands on the next tick, from where the warehouse stopped"
         )
     context.log.info(batch.describe())
     return dg.SensorResult(
         skip_reason=_summary(batch),
-        cursor=cursor,
         asset_events=[*batch.materializations(), _evaluation(batch)],
     )
 
@@ -168,7 +148,10 @@ def _evaluation(batch: LandedBatch) -> dg.AssetCheckEvaluation:
     )
 
 
-stream_sensors = [build_stream_sensor(family) for family in STREAM_FAMILIES]
+def build_stream_sensors(settings: Settings) -> list[dg.SensorDefinition]:
+    """One per topic family, evaluated every DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL seconds:
+    the daemon's own interval, so that a tick between checks costs nothing at all."""
+    return [build_stream_sensor(f, settings.stream_sensor_interval) for f in STREAM_FAMILIES]
 
 declarative_automation = dg.AutomationConditionSensorDefinition(
     "declarative_automation",

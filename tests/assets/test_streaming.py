@@ -10,11 +10,12 @@ import pytest
 
 from assets.streaming import dead_letter_events, landing_assets, rollup_assets
 from dagster_platform.kafka.broker import EmbeddedBroker
-from dagster_platform.kafka.events import SparkJobEventV1, encode
+from dagster_platform.kafka.events import RAW_EVENTS, SparkJobEventV1, encode
 from dagster_platform.kafka.rollups import ROLLUPS
 from dagster_platform.kafka.write import ConcurrentLanding
+from dagster_platform.settings import get_settings
 from resources import KafkaResource, WarehouseResource
-from sensors.stream_sensors import STREAM_TAG, stream_sensors
+from sensors.stream_sensors import STREAM_TAG, build_stream_sensor, build_stream_sensors
 from tests.support.events import T0, produce, samples
 
 
@@ -95,16 +96,15 @@ def test_landing_then_rollups_and_dead_letters(
     )
 
 
-def sensor_tick(sensor, instance, resources, cursor=None):
+def sensor_tick(sensor, instance, resources):
     context = dg.build_sensor_context(
         instance=instance,
-        cursor=cursor,
         resources={"kafka": resources["kafka"], "warehouse": resources["warehouse"]},
     )
     return sensor(context)
 
 
-RAW = next(s for s in stream_sensors if s.name == "raw_events_backlog")
+RAW = build_stream_sensor(RAW_EVENTS, interval_seconds=1)
 
 
 def skipped(result) -> str:
@@ -125,7 +125,6 @@ def reported(result) -> dict[str, dg.AssetMaterialization]:
 def test_the_sensor_lands_a_batch_itself_and_reports_it_with_no_run(
     private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
     with dg.instance_for_test() as instance:
         assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
         produce(private_broker, "raw-data-stream", [*samples(2), b"{oops"])
@@ -157,7 +156,6 @@ def test_the_sensor_lands_a_batch_itself_and_reports_it_with_no_run(
 def test_in_run_mode_the_sensor_requests_one_run_of_the_landing_and_what_follows(
     private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_LANDING", "run")
     with dg.instance_for_test() as instance:
         assert "no backlog" in skipped(sensor_tick(RAW, instance, resources))
@@ -182,7 +180,6 @@ def test_in_run_mode_the_sensor_requests_one_run_of_the_landing_and_what_follows
 def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
     private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
     monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_LANDING", "run")
     produce(private_broker, "raw-data-stream", samples(1))
     job = dg.define_asset_job("land_raw", selection=["host_metrics", "spark_job_events"])
@@ -201,21 +198,23 @@ def test_sensor_never_starts_the_same_work_twice_yet_retries_after_failure(
 def test_sensor_skips_with_a_reason_when_the_broker_is_down(
     resources: dict, private_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
     private_broker.stop()
     with dg.instance_for_test() as instance:
         result = sensor_tick(RAW, instance, resources)
     assert "broker unreachable" in skipped(result)
 
 
-def test_sensor_respects_the_configured_interval(
-    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+def test_the_sensors_are_evaluated_at_the_configured_interval(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "60")
-    with dg.instance_for_test() as instance:
-        first = sensor_tick(RAW, instance, resources)
-        second = sensor_tick(RAW, instance, resources, cursor=first.cursor)
-    assert "next check" in skipped(second)
+    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "12")
+    sensors = build_stream_sensors(get_settings())
+    assert {s.name for s in sensors} == {
+        "raw_events_backlog",
+        "alert_events_backlog",
+        "feedback_events_backlog",
+    }
+    assert {s.minimum_interval_seconds for s in sensors} == {12}
 
 
 def test_an_overtaken_landing_run_is_a_skip_not_a_failure(

@@ -17,6 +17,22 @@ def test_unknown_benchmark_lists_the_known_ones() -> None:
     assert f"available: {known}" in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("nonsense=1", "KEY one of: configurations, minutes, probe_every, warmup_minutes"),
+        ("minutes=soon", "--set minutes: 'soon' is not a float"),
+        ("minutes", "takes --set KEY=VALUE"),
+    ],
+)
+def test_a_benchmark_parameter_it_does_not_take_is_refused_before_it_runs(
+    option: str, said: str
+) -> None:
+    result = CliRunner().invoke(app, ["bench", "streaming", "--set", option])
+    assert result.exit_code == 1
+    assert said in result.output
+
+
 def test_ingest_benchmark_paths_agree_on_a_small_topic(
     kafka_broker: EmbeddedBroker, tmp_path
 ) -> None:

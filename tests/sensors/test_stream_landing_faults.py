@@ -22,13 +22,14 @@ import duckdb
 import pytest
 
 from dagster_platform.kafka.broker import EmbeddedBroker
+from dagster_platform.kafka.events import RAW_EVENTS
 from resources import KafkaResource, WarehouseResource
-from sensors.stream_sensors import stream_sensors
+from sensors.stream_sensors import build_stream_sensor
 from tests.support.events import produce, samples
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-RAW = next(s for s in stream_sensors if s.name == "raw_events_backlog")
+RAW = build_stream_sensor(RAW_EVENTS, interval_seconds=1)
 
 CHILD = textwrap.dedent(
     """
@@ -36,7 +37,8 @@ CHILD = textwrap.dedent(
     import dagster as dg
     from dagster_platform.kafka import landing, write
     from resources import KafkaResource, WarehouseResource
-    from sensors.stream_sensors import stream_sensors
+    from dagster_platform.kafka.events import RAW_EVENTS
+    from sensors.stream_sensors import build_stream_sensor
 
     servers, database, step = sys.argv[1:4]
 
@@ -57,21 +59,21 @@ CHILD = textwrap.dedent(
             die()
         landing.commit_to_group = dying_commit_to_group
 
-    sensor = next(s for s in stream_sensors if s.name == "raw_events_backlog")
+    sensor = build_stream_sensor(RAW_EVENTS, interval_seconds=1)
     resources = {
         "kafka": KafkaResource(bootstrap_servers=servers, timeout_seconds=4),
         "warehouse": WarehouseResource(database=database),
     }
     with dg.instance_for_test() as instance:
         result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
-    print("TICK", result.skip_reason.skip_message if result.skip_reason else result)
+    reason = result if isinstance(result, dg.SkipReason) else result.skip_reason
+    print("TICK", reason.skip_message)
     """
 )
 
 
 @pytest.fixture
-def setup(private_broker: EmbeddedBroker, tmp_path: Path, state_dir: Path, monkeypatch) -> dict:
-    monkeypatch.setenv("DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL", "1")
+def setup(private_broker: EmbeddedBroker, tmp_path: Path, state_dir: Path) -> dict:
     database = tmp_path / "warehouse.duckdb"
     return {
         "broker": private_broker,
@@ -96,7 +98,8 @@ def child(setup: dict, step: str = "none") -> subprocess.Popen:
 def tick(setup: dict) -> str:
     with dg.instance_for_test() as instance:
         result = RAW(dg.build_sensor_context(instance=instance, resources=setup["resources"]))
-    return result.skip_reason.skip_message
+    reason = result if isinstance(result, dg.SkipReason) else result.skip_reason
+    return reason.skip_message
 
 
 def land_everything(setup: dict) -> list[str]:

@@ -238,3 +238,29 @@ def test_an_overtaken_landing_run_is_a_skip_not_a_failure(
     assert result.asset_materializations_for_node(landing_assets[0].node_def.name) == []
     assert all(e.passed for e in result.get_asset_check_evaluations())
     assert any("skipped, another run landed this range" in m for m in logged)
+
+
+def test_a_landing_that_fails_fails_the_tick_and_the_next_tick_lands_the_range(
+    private_broker: EmbeddedBroker, resources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FAKE failure (an error nothing real raises on demand) in the first landing only: the
+    tick fails, which the UI shows red, and the next tick lands the same messages."""
+    import assets.streaming
+
+    real = assets.streaming.land_stream
+    calls = []
+
+    def fails_once(*args: object, **kwargs: object):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(assets.streaming, "land_stream", fails_once)
+    produce(private_broker, "raw-data-stream", samples(2))
+    with dg.instance_for_test() as instance:
+        with pytest.raises(RuntimeError, match="disk full"):
+            sensor_tick(RAW, instance, resources)
+        again = reported(sensor_tick(RAW, instance, resources))
+    assert again["host_metrics"].metadata["rows_landed"].value == 8
+    assert query(resources, "SELECT count(*) FROM host_metrics") == [(8,)]

@@ -34,9 +34,10 @@ GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
 
 
-def _landing_metadata(report: LandingReport, table: str, total_rows: int) -> dict:
+def _landing_metadata(report: LandingReport, table: str, total_rows: int | None) -> dict:
+    counted = {} if total_rows is None else {"dagster/row_count": dg.MetadataValue.int(total_rows)}
     return {
-        "dagster/row_count": dg.MetadataValue.int(total_rows),
+        **counted,
         "rows_landed": dg.MetadataValue.int(report.landed.get(table, 0)),
         "rows_dead_lettered": dg.MetadataValue.int(report.dead_lettered),
         "messages_consumed": dg.MetadataValue.int(report.consumed),
@@ -54,11 +55,13 @@ class LandedBatch:
 
     family: StreamFamily
     metadata: dict[str, dict[str, dg.MetadataValue]]  # asset name -> its materialization's
-    problems: list[str]  # what `nothing_dropped` found
+    problems: list[str] | None  # what `nothing_dropped` found; None: not checked
     report: LandingReport | None = None
     overtaken: str | None = None  # another landing committed this range first
 
-    def check(self) -> dg.AssetCheckResult:
+    def check(self) -> dg.AssetCheckResult | None:
+        if self.problems is None:
+            return None
         return _reconciled(dg.AssetKey(self.family.tables[0].table), self.problems)
 
     def materializations(self) -> list[dg.AssetMaterialization]:
@@ -103,6 +106,20 @@ def land_batch(
         with connect() as conn:
             return LandedBatch(family, {}, unreconciled(conn, family), overtaken=str(exc))
     metrics.record_landing(report, time.perf_counter() - started)  # never raises
+    try:
+        return _followed(connect, family, report, follow)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise
+        # landed and committed, but another writer took the file before the counts were
+        # read: report what the landing itself knows; the next batch brings the rest
+        metadata = {t.table: _landing_metadata(report, t.table, None) for t in family.tables}
+        return LandedBatch(family, metadata, None, report=report)
+
+
+def _followed(
+    connect: Connect, family: StreamFamily, report: LandingReport, follow: bool
+) -> LandedBatch:
     metadata: dict[str, dict[str, dg.MetadataValue]] = {}
     with connect() as conn:
         problems = unreconciled(conn, family)
@@ -163,7 +180,8 @@ def build_landing_asset(family: StreamFamily) -> dg.AssetsDefinition:
         context.log.info(batch.describe())
         for name, metadata in batch.metadata.items():
             yield dg.MaterializeResult(asset_key=name, metadata=metadata)
-        yield batch.check()
+        if (check := batch.check()) is not None:
+            yield check
 
     return _land
 

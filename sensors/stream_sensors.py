@@ -17,7 +17,8 @@ run would be dropped silently — so a failed run's range is picked up by the ne
 `dagster-platform bench streaming` measures the two side by side.
 """
 
-from functools import partial
+import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dagster as dg
@@ -108,7 +109,7 @@ def _land_here(
     owner (the family sensors evaluated at once take turns), waiting a bounded time for
     another process's writer, so that the tick ends inside the sensor timeout."""
     wait = get_settings().stream_warehouse_wait
-    connect = partial(open_warehouse, Path(warehouse.path), wait_seconds=wait)
+    connect = _within(Path(warehouse.path), time.monotonic() + wait)
     try:
         batch = land_batch(
             connect, kafka, family, follow=True, max_messages=kafka.max_messages_per_tick
@@ -125,8 +126,19 @@ def _land_here(
     context.log.info(batch.describe())
     return dg.SensorResult(
         skip_reason=_summary(batch),
-        asset_events=[*batch.materializations(), _evaluation(batch)],
+        asset_events=[*batch.materializations(), *_evaluation(batch)],
     )
+
+
+def _within(path: Path, deadline: float):
+    """Connections of one tick that wait for another process's writer until `deadline` in
+    all: a landing opens the warehouse three times (offsets, the writer, the metadata), and
+    waits that added up ran a tick past the sensor timeout, which drops what it reports."""
+
+    def connect() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return open_warehouse(path, wait_seconds=max(deadline - time.monotonic(), 2.0))
+
+    return connect
 
 
 def _summary(batch: LandedBatch) -> str:
@@ -138,20 +150,25 @@ def _summary(batch: LandedBatch) -> str:
     return f"landed here, no run: {batch.describe()}{also}"
 
 
-def _evaluation(batch: LandedBatch) -> dg.AssetCheckEvaluation:
+def _evaluation(batch: LandedBatch) -> list[dg.AssetCheckEvaluation]:
     check = batch.check()
-    return dg.AssetCheckEvaluation(
-        asset_key=check.asset_key,
-        check_name=check.check_name,
-        passed=check.passed,
-        metadata=check.metadata,
-    )
+    if check is None:
+        return []
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=check.asset_key,
+            check_name=check.check_name,
+            passed=check.passed,
+            metadata=check.metadata,
+        )
+    ]
 
 
 def build_stream_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     """One per topic family, evaluated every DAGSTER_PLATFORM_STREAM_SENSOR_INTERVAL seconds:
     the daemon's own interval, so that a tick between checks costs nothing at all."""
     return [build_stream_sensor(f, settings.stream_sensor_interval) for f in STREAM_FAMILIES]
+
 
 declarative_automation = dg.AutomationConditionSensorDefinition(
     "declarative_automation",

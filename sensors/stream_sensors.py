@@ -17,6 +17,7 @@ run would be dropped silently — so a failed run's range is picked up by the ne
 `dagster-platform bench streaming` measures the two side by side.
 """
 
+import threading
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -99,15 +100,39 @@ def build_stream_sensor(family: StreamFamily, interval_seconds: float) -> dg.Sen
     return _sensor
 
 
+_landing_here: dict[str, threading.Lock] = {f.name: threading.Lock() for f in STREAM_FAMILIES}
+
+
 def _land_here(
     context: dg.SensorEvaluationContext,
     family: StreamFamily,
     kafka: KafkaResource,
     warehouse: WarehouseResource,
 ) -> dg.SensorResult | dg.SkipReason:
-    """Land one batch in this process: the warehouse through this process's one connection
-    owner (the family sensors evaluated at once take turns), waiting a bounded time for
-    another process's writer, so that the tick ends inside the sensor timeout."""
+    """Land one batch in this process, unless an evaluation of the same sensor still is: a
+    tick past the sensor timeout goes on in the code server, and the next tick waiting for it
+    would time out in turn."""
+    lock = _landing_here[family.name]
+    if not lock.acquire(blocking=False):
+        return dg.SkipReason(
+            f"an earlier tick is still landing {family.topic} in this code server; "
+            "this one leaves it to finish"
+        )
+    try:
+        return _land_batch_here(context, family, kafka, warehouse)
+    finally:
+        lock.release()
+
+
+def _land_batch_here(
+    context: dg.SensorEvaluationContext,
+    family: StreamFamily,
+    kafka: KafkaResource,
+    warehouse: WarehouseResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """The warehouse through this process's one connection owner (the family sensors
+    evaluated at once take turns), waiting a bounded time for another process's writer, so
+    that the tick ends inside the sensor timeout."""
     wait = get_settings().stream_warehouse_wait
     connect = _within(Path(warehouse.path), time.monotonic() + wait)
     try:

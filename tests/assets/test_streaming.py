@@ -264,3 +264,18 @@ def test_a_landing_that_fails_fails_the_tick_and_the_next_tick_lands_the_range(
         again = reported(sensor_tick(RAW, instance, resources))
     assert again["host_metrics"].metadata["rows_landed"].value == 8
     assert query(resources, "SELECT count(*) FROM host_metrics") == [(8,)]
+
+
+def test_a_tick_while_an_earlier_one_still_lands_here_leaves_it_to_finish(
+    private_broker: EmbeddedBroker, resources: dict
+) -> None:
+    """An earlier tick past the sensor timeout still landing in the code server: a FAKE of
+    it, holding the family's landing lock the way that tick does."""
+    from sensors import stream_sensors
+
+    produce(private_broker, "raw-data-stream", samples(1))
+    with dg.instance_for_test() as instance, stream_sensors._landing_here["raw_events"]:
+        said = skipped(sensor_tick(RAW, instance, resources))
+    assert "still landing raw-data-stream" in said
+    with dg.instance_for_test() as instance:
+        assert "landed here" in skipped(sensor_tick(RAW, instance, resources))
